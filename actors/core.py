@@ -1,0 +1,226 @@
+"""The shape every peerpxe actor shares: events in, commands out, time as an argument.
+
+An actor is a plain object with two methods::
+
+    start(now_s) -> list[Command]
+    handle(event, now_s) -> list[Command]
+
+It never blocks, reads no clock, opens no socket and draws randomness only from the
+`random.Random` its host injects. The host (pykka threads in `transport/`, the SimPy clock
+in `sim/`) turns real or simulated happenings into events and carries out the commands.
+
+Timers are commands with an absolute deadline (`StartTimer(name, deadline_s)`); starting a
+timer with a name that is already armed re-arms it. A fired timer comes back as
+`TimerFired(name)`. Peer messages go out as `SendMessage(address, message)`; the host seals
+them in the authenticated envelope (`actors.envelope`) and delivers what arrives, already
+authenticated and decoded, as `MessageReceived`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from actors.messages import Message
+
+NodeId = str
+"""A peer's stable identity (printable, at most `NODE_ID_BYTES_MAX` bytes)."""
+
+NODE_ID_BYTES_MAX = 64
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Address:
+    """Where a peer's message endpoint listens (IPv4 dotted quad or hostname, UDP port)."""
+
+    host: str
+    port: int
+
+
+class ActorName(str, Enum):
+    """The actors of one peer; `Tell` names its target with one of these."""
+
+    #: membership and failure detection
+    DISCOVERY = "discovery"
+    #: responder and WAN-downloader election
+    ELECTION = "election"
+    #: boot package replication
+    REPLICATION = "replication"
+    #: ProxyDHCP, TFTP and HTTP serving
+    BOOT = "boot"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """What a member is: identity, place in the network, how to reach it, what it can do."""
+
+    node_id: NodeId
+    site: str
+    subnet: str
+    address: Address
+    weight: int = 0
+    capabilities: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """An authenticated peer message arrived from `source` at `address`."""
+
+    source: NodeId
+    address: Address
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer started with `StartTimer(name, ...)` reached its deadline."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDiscovered:
+    """Link-local discovery (mDNS) saw a peer's service record (TXT fields in `member`)."""
+
+    member: MemberInfo
+    wire_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLost:
+    """Link-local discovery saw a peer withdraw its service record (mDNS goodbye)."""
+
+    node_id: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """The host could not send to `address` (for example: network unreachable)."""
+
+    address: Address
+    reason: str
+
+
+class MemberState(str, Enum):
+    """What this peer believes about another member."""
+
+    #: answering probes
+    ALIVE = "alive"
+    #: missed a direct and indirect probe; dead unless it refutes in time
+    SUSPECT = "suspect"
+    #: declared failed
+    DEAD = "dead"
+    #: left on purpose (clean shutdown)
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    """Told by discovery to the other actors of its peer when a member's state changes."""
+
+    member: MemberInfo
+    state: MemberState
+    incarnation: int
+
+
+Event = MessageReceived | TimerFired | PeerDiscovered | PeerLost | SendFailed | MemberChanged
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Seal `message` in an authenticated envelope and send it to `address`."""
+
+    address: Address
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Fire `TimerFired(name)` at the absolute host time `deadline_s` (re-arms if armed)."""
+
+    name: str
+    deadline_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Disarm the timer `name`; a fire already queued is discarded by the host."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tell:
+    """Deliver `event` to the actor `target` of the same peer."""
+
+    target: ActorName
+    event: Event
+
+
+class LogLevel(str, Enum):
+    """Severity of a `Log` command."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Write one structured log line."""
+
+    level: LogLevel
+    text: str
+    fields: tuple[tuple[str, str | int | float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CountMetric:
+    """Add `amount` to the counter `name` (for example `dropped.replayed`)."""
+
+    name: str
+    amount: int = 1
+
+
+Command = SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric
+
+
+# --------------------------------------------------------------------------- the actor shape
+
+
+class Actor(Protocol):
+    """What a host needs from an actor: a name, `start` and `handle`."""
+
+    NAME: ClassVar[ActorName]
+
+    def start(self, now_s: float) -> list[Command]:
+        """Begin work at host time `now_s`; return the first commands (usually timers)."""
+        ...
+
+    def handle(self, event: Event, now_s: float) -> list[Command]:
+        """React to `event` at host time `now_s`; never raises for remote input."""
+        ...
+
+
+@dataclass(slots=True)
+class Counters:
+    """Named counters, kept in insertion order so reports are deterministic."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Add `amount` to counter `name`."""
+        self.values[name] = self.values.get(name, 0) + amount
+
+    def get(self, name: str) -> int:
+        """The value of counter `name` (0 when never counted)."""
+        return self.values.get(name, 0)

@@ -1,0 +1,104 @@
+"""Wire messages exchanged between peers: frozen dataclasses, one `TAG` each.
+
+Rules (see `actors.codec` for the framing):
+- fields use msgpack-native types only: int, float, str, bytes, bool, None, tuples of those,
+  and the nested records declared here (`MemberUpdate`), which travel as arrays;
+- a `TAG` is snake_case and never reused; a new message is a new tag (compatible);
+- new fields get defaults so older peers' messages still decode.
+
+Membership messages follow SWIM (Das, Gupta, Motivala, DSN 2002) with the Lifeguard
+extensions (Dadgar et al., 2017, arXiv 1707.00788): `Ping`/`Ack` for direct probes,
+`PingReq` for indirect probes through k helpers, `Nack` from a helper whose target stayed
+silent (evidence that the helper itself is healthy), `Gossip` for disseminating updates, and
+`Sync` for the full-state exchange when a peer joins through a seed or an mDNS sighting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Base of every wire message; subclasses set a unique `TAG`."""
+
+    TAG: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberUpdate:
+    """One member's state as gossiped: who, how recent (incarnation), what we believe."""
+
+    node_id: str
+    incarnation: int
+    state: str
+    site: str
+    subnet: str
+    host: str
+    port: int
+    weight: int = 0
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    """Direct probe: answer with `Ack(seq)`; carries piggybacked updates."""
+
+    TAG: ClassVar[str] = "ping"
+    seq: int
+    target: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    """Answer to a `Ping` (or relayed answer to a `PingReq`) with the same `seq`."""
+
+    TAG: ClassVar[str] = "ack"
+    seq: int
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingReq(Message):
+    """Ask the receiver to probe `target` on our behalf and relay its `Ack(seq)`."""
+
+    TAG: ClassVar[str] = "ping_req"
+    seq: int
+    target: str
+    target_host: str
+    target_port: int
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack(Message):
+    """A helper's report that `target` of `PingReq(seq)` did not answer (Lifeguard)."""
+
+    TAG: ClassVar[str] = "nack"
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gossip(Message):
+    """Membership updates pushed to a few random members every gossip interval."""
+
+    TAG: ClassVar[str] = "gossip"
+    updates: tuple[MemberUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sync(Message):
+    """Full-state exchange (push-pull): the sender's view; `reply` asks for ours back."""
+
+    TAG: ClassVar[str] = "sync"
+    members: tuple[MemberUpdate, ...]
+    reply: bool
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (Ping, Ack, PingReq, Nack, Gossip, Sync)
+"""Every message class the codec accepts; a tag may appear only once."""
+
+RECORD_TYPES: tuple[type, ...] = (MemberUpdate,)
+"""Nested records that may appear inside message fields."""

@@ -1,0 +1,1 @@
+"""The peerpxe application: command line, configuration files and composition of the actors."""
