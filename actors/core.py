@@ -19,7 +19,7 @@ authenticated and decoded, as `MessageReceived`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Address:
     port: int
 
 
-class ActorName(str, Enum):
+class ActorName(StrEnum):
     """The actors of one peer; `Tell` names its target with one of these."""
 
     #: membership and failure detection
@@ -106,7 +106,7 @@ class SendFailed:
     reason: str
 
 
-class MemberState(str, Enum):
+class MemberState(StrEnum):
     """What this peer believes about another member."""
 
     #: answering probes
@@ -165,7 +165,7 @@ class Tell:
     event: Event
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     """Severity of a `Log` command."""
 
     DEBUG = "debug"

@@ -39,6 +39,8 @@ class MemberUpdate:
     port: int
     weight: int = 0
     capabilities: tuple[str, ...] = ()
+    reporter: str = ""
+    """Who declared a suspicion (Lifeguard counts independent confirmations); else empty."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,223 @@
+"""Discovery (SWIM + Lifeguard) driven by events and times alone, on an in-memory network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from actors.core import (
+    Address,
+    CountMetric,
+    MemberInfo,
+    MemberState,
+    MessageReceived,
+    PeerDiscovered,
+    SendMessage,
+    StartTimer,
+    TimerFired,
+)
+from actors.discovery import Discovery, DiscoveryKnobs
+from actors.gossip import BroadcastQueue, retransmit_limit, suspicion_timeout_s
+from actors.messages import Ack, MemberUpdate, Ping
+from tests.unit.cluster import Cluster
+
+
+def _seeded_cluster(count: int, seed: int = 1) -> Cluster:
+    cluster = Cluster()
+    first = cluster.add("n00", seed=seed)
+    for index in range(1, count):
+        cluster.add(f"n{index:02d}", seeds=(first.self_info.address,), seed=seed)
+    cluster.run_until(10.0)
+    return cluster
+
+
+def _states_about(cluster: Cluster, node_id: str) -> dict[str, MemberState | None]:
+    return {
+        name: node.actor.state_of(node_id)
+        for name, node in sorted(cluster.nodes.items())
+        if node.up and name != node_id
+    }
+
+
+def test_seeded_peers_all_learn_each_other_alive() -> None:
+    """Joining through one seed, every peer ends up knowing every other as ALIVE."""
+    cluster = _seeded_cluster(8)
+    for node_id in cluster.nodes:
+        assert set(_states_about(cluster, node_id).values()) == {MemberState.ALIVE}
+
+
+def test_crashed_peer_is_declared_dead_by_everyone_within_the_bound() -> None:
+    """A silent crash is detected by every live peer within 15 s (SWIM + suspicion)."""
+    cluster = _seeded_cluster(10)
+    crash_s = cluster.now_s
+    cluster.crash("n05")
+    detected_s = None
+    for step in range(1, 151):
+        cluster.run_until(crash_s + step * 0.1)
+        if set(_states_about(cluster, "n05").values()) == {MemberState.DEAD}:
+            detected_s = cluster.now_s - crash_s
+            break
+    assert detected_s is not None
+    assert detected_s <= 15.0
+
+
+def test_healthy_peers_stay_alive_for_a_long_quiet_run() -> None:
+    """No false suspicion turns into a death on a perfect network."""
+    cluster = _seeded_cluster(12)
+    cluster.run_until(300.0)
+    for node in cluster.nodes.values():
+        assert all(view.state is MemberState.ALIVE for view in node.actor.members())
+        assert node.counters.get("discovery.probe_failed") == 0
+
+
+def test_briefly_cut_peer_refutes_suspicion_and_stays_alive() -> None:
+    """A peer unreachable for less than a suspicion timeout refutes and is never dead."""
+    cluster = _seeded_cluster(6)
+    victim = "n03"
+    for other in cluster.nodes:
+        if other != victim:
+            cluster.cut.add(frozenset((victim, other)))
+    cluster.run_until(cluster.now_s + 1.5)
+    cluster.cut.clear()
+    cluster.run_until(cluster.now_s + 30.0)
+    assert set(_states_about(cluster, victim).values()) == {MemberState.ALIVE}
+    deaths = [
+        changed
+        for node in cluster.nodes.values()
+        for changed in node.told
+        if changed.member.node_id == victim and changed.state is MemberState.DEAD
+    ]
+    assert deaths == []
+
+
+def test_clean_leave_is_seen_as_left_not_dead() -> None:
+    """A peer that leaves cleanly is LEFT everywhere."""
+    cluster = _seeded_cluster(5)
+    cluster.stop_cleanly("n02")
+    cluster.run_until(cluster.now_s + 5.0)
+    assert set(_states_about(cluster, "n02").values()) == {MemberState.LEFT}
+
+
+def test_restarted_peer_rejoins_with_a_higher_incarnation() -> None:
+    """A crashed peer that comes back refutes its death and is ALIVE again everywhere."""
+    cluster = _seeded_cluster(6)
+    cluster.crash("n04")
+    cluster.run_until(cluster.now_s + 30.0)
+    assert set(_states_about(cluster, "n04").values()) == {MemberState.DEAD}
+    seed_address = cluster.address_of("n00")
+    restarted = cluster.add("n04", seeds=(seed_address,), seed=2)
+    cluster.run_until(cluster.now_s + 20.0)
+    assert set(_states_about(cluster, "n04").values()) == {MemberState.ALIVE}
+    assert restarted.incarnation >= 1
+
+
+def test_partitioned_halves_declare_each_other_dead_and_heal_by_rediscovery() -> None:
+    """After a partition heals, mDNS sightings bring both halves back to ALIVE."""
+    cluster = _seeded_cluster(6)
+    left, right = ["n00", "n01", "n02"], ["n03", "n04", "n05"]
+    for a in left:
+        for b in right:
+            cluster.cut.add(frozenset((a, b)))
+    cluster.run_until(cluster.now_s + 40.0)
+    assert set(_states_about(cluster, "n04").values()) >= {MemberState.DEAD}
+    cluster.cut.clear()
+    for a in left + right:  # the link comes back: mDNS announces everyone again
+        for b in left + right:
+            if a != b:
+                info = cluster.nodes[b].actor.self_info
+                cluster.inject(a, PeerDiscovered(info, wire_version=1))
+    cluster.run_until(cluster.now_s + 30.0)
+    for node_id in cluster.nodes:
+        assert set(_states_about(cluster, node_id).values()) == {MemberState.ALIVE}
+
+
+def test_mdns_sighting_adds_member_and_other_sites_are_ignored() -> None:
+    """PeerDiscovered adds same-site peers; another site's peers are counted and ignored."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.1)
+    commands = actor.handle(PeerDiscovered(_info("c", site="other"), wire_version=1), 0.2)
+    assert actor.state_of("b") is MemberState.ALIVE
+    assert actor.state_of("c") is None
+    assert CountMetric("discovery.other_site") in commands
+
+
+def test_ping_is_acked_and_misdirected_ping_is_counted() -> None:
+    """A ping for us gets an Ack with the same seq; one for another node is counted, unanswered."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    sender = Address("10.0.0.9", 7946)
+    replies = actor.handle(MessageReceived("b", sender, Ping(seq=42, target="a")), 1.0)
+    acks = [c.message for c in replies if isinstance(c, SendMessage) and c.address == sender]
+    assert [ack.seq for ack in acks if isinstance(ack, Ack)] == [42]
+    wrong = actor.handle(MessageReceived("b", sender, Ping(seq=43, target="zz")), 1.0)
+    assert wrong == [CountMetric("discovery.misdirected_ping")]
+
+
+def test_garbage_member_state_is_counted_not_raised() -> None:
+    """An update with an unknown state string is dropped and counted."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    bad = MemberUpdate(
+        node_id="b", incarnation=0, state="zombie", site="s1", subnet="x", host="h", port=1
+    )
+    commands = actor.handle(
+        MessageReceived("b", Address("h", 1), Ping(seq=1, target="a", updates=(bad,))), 1.0
+    )
+    assert CountMetric("discovery.bad_update") in commands
+    assert actor.state_of("b") is None
+
+
+def test_idle_peer_arms_no_gossip_timer() -> None:
+    """Once its join announcement is spread, the gossip timer stays off (constant idle cost)."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.0)
+    rearmed = []
+    for step in range(10):
+        commands = actor.handle(TimerFired("gossip"), step * 0.2)
+        rearmed.append(any(isinstance(c, StartTimer) and c.name == "gossip" for c in commands))
+    assert rearmed[0]
+    assert not rearmed[-1]
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "expected_s"), [(0, 12.0), (1, 12.0 - 10.0 * 0.6309), (2, 2.0), (5, 2.0)]
+)
+def test_suspicion_timeout_shrinks_with_confirmations(
+    confirmations: int, expected_s: float
+) -> None:
+    """Lifeguard: max with no confirmation, min once the expected number confirm."""
+    assert suspicion_timeout_s(2.0, 12.0, confirmations, 2) == pytest.approx(expected_s, rel=1e-3)
+
+
+def test_broadcast_queue_sends_each_update_a_bounded_number_of_times() -> None:
+    """An update leaves the queue after `limit` sends; newer news replaces older."""
+    queue = BroadcastQueue()
+    update = MemberUpdate(
+        node_id="b", incarnation=0, state="alive", site="s", subnet="x", host="h", port=1
+    )
+    queue.push(update)
+    queue.push(
+        MemberUpdate(
+            node_id="b", incarnation=1, state="alive", site="s", subnet="x", host="h", port=1
+        )
+    )
+    sent = [queue.take(7, limit=3) for _ in range(5)]
+    assert [len(batch) for batch in sent] == [1, 1, 1, 0, 0]
+    assert sent[0][0].incarnation == 1
+    assert retransmit_limit(4, 9) == 4
+    assert retransmit_limit(4, 100) == 12
+
+
+def test_knobs_reject_inconsistent_values() -> None:
+    """A probe timeout longer than the probe interval is a programming error."""
+    with pytest.raises(AssertionError):
+        DiscoveryKnobs(probe_interval_s=1.0, probe_timeout_s=2.0)
+
+
+def _info(node_id: str, site: str = "s1") -> MemberInfo:
+    return MemberInfo(
+        node_id=node_id, site=site, subnet="10.0.0.0/24", address=Address(f"h-{node_id}", 7946)
+    )
