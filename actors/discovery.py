@@ -82,6 +82,7 @@ _PUSH_PULL_TIMER: Final = "push_pull"
 _REAP_TIMER: Final = "reap"
 _SUSPICION_PREFIX: Final = "suspect:"
 _RELAY_PREFIX: Final = "relay:"
+_REACHABLE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
 _PRECEDENCE: Final = {
     MemberState.ALIVE: 0,
     MemberState.SUSPECT: 1,
@@ -340,7 +341,12 @@ class Discovery:
         if target is None:
             return commands
         self._probe = _Probe(seq=self._take_seq(), target=target.info.node_id)
-        ping = Ping(seq=self._probe.seq, target=target.info.node_id, updates=self._piggyback())
+        updates = self._piggyback()
+        if target.state is MemberState.SUSPECT:
+            # Lifeguard's buddy system: tell a suspect first, so it can refute in time.
+            suspicion = self._update_for(target, MemberState.SUSPECT, self.self_info.node_id)
+            updates = (suspicion, *updates[: UPDATES_PER_MESSAGE_MAX - 1])
+        ping = Ping(seq=self._probe.seq, target=target.info.node_id, updates=updates)
         commands.append(SendMessage(target.info.address, ping))
         commands.append(StartTimer(_PROBE_TIMEOUT_TIMER, now_s + self._probe_timeout_s()))
         return commands
@@ -352,7 +358,9 @@ class Discovery:
         target = self._members.get(probe.target)
         if target is None:
             return []
-        helpers = self._random_live_members(self.knobs.indirect_probes, exclude=(probe.target,))
+        helpers = self._random_live_members(
+            self.knobs.indirect_probes, exclude=(probe.target,), alive_only=True
+        )
         probe.helpers = len(helpers)
         request = PingReq(
             seq=probe.seq,
@@ -502,7 +510,7 @@ class Discovery:
         previous = member.state
         member.info = info
         member.state = state
-        if state is MemberState.ALIVE:
+        if state in _REACHABLE:
             self._live.add(info.node_id)
         else:
             self._live.discard(info.node_id)
@@ -595,9 +603,18 @@ class Discovery:
             self._rng.shuffle(self._probe_order)
         return None
 
-    def _random_live_members(self, count: int, exclude: tuple[NodeId, ...]) -> list[_Member]:
-        chosen = self._live.sample(self._rng, count + len(exclude))
-        members = [self._members[node_id] for node_id in chosen if node_id not in exclude]
+    def _random_live_members(
+        self, count: int, exclude: tuple[NodeId, ...], *, alive_only: bool = False
+    ) -> list[_Member]:
+        """Up to `count` random ALIVE or SUSPECT members (SUSPECT ones also need gossip)."""
+        spare = len(exclude) + (count if alive_only else 0)
+        chosen = self._live.sample(self._rng, count + spare)
+        members = [
+            self._members[node_id]
+            for node_id in chosen
+            if node_id not in exclude
+            and (not alive_only or self._members[node_id].state is MemberState.ALIVE)
+        ]
         return members[:count]
 
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
