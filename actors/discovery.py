@@ -72,6 +72,8 @@ from actors.messages import Ack, Gossip, MemberUpdate, Message, Nack, Ping, Ping
 UPDATES_PER_MESSAGE_MAX: Final = 7
 """Piggybacked updates per datagram: 7 x 160 B worst case fits the envelope's body budget."""
 SYNC_MEMBERS_PER_MESSAGE_MAX: Final = 7
+PENDING_SIGHTINGS_MAX: Final = 4096
+"""mDNS sightings awaiting authenticated contact; more are ignored until some resolve."""
 MEMBER_LISTENERS: Final = (ActorName.ELECTION, ActorName.REPLICATION)
 """Actors of this peer that are told every `MemberChanged`."""
 
@@ -178,6 +180,8 @@ class Discovery:
         self._next_seq = 1
         self._broadcasts = BroadcastQueue()
         self._join_syncs_sent = 0
+        self._pending: dict[NodeId, MemberInfo] = {}
+        self._leaving = False
         self._gossip_armed = False
 
     # ------------------------------------------------------------------ public API
@@ -215,6 +219,7 @@ class Discovery:
 
     def leave(self, now_s: float) -> list[Command]:
         """Announce a clean departure (state LEFT) to a few members before shutdown."""
+        self._leaving = True
         update = self._self_update(MemberState.LEFT)
         targets = self._random_live_members(self.knobs.gossip_fanout * 2, exclude=())
         commands: list[Command] = [
@@ -240,6 +245,11 @@ class Discovery:
     def _on_message(
         self, source: NodeId, address: Address, message: Message, now_s: float
     ) -> list[Command]:
+        pending = self._pending.pop(source, None)
+        if pending is not None and source not in self._members:
+            # Authenticated contact from a peer we had only seen on mDNS: admit it.
+            admitted = self._add_member(pending, MemberState.ALIVE, 0, now_s)
+            return admitted + self._on_message(source, address, message, now_s)
         match message:
             case Ping():
                 return self._on_ping(address, message, now_s)
@@ -303,12 +313,18 @@ class Discovery:
         known = self._members.get(info.node_id)
         commands: list[Command] = [CountMetric("discovery.mdns_sighting")]
         if known is None:
-            commands.extend(self._add_member(info, MemberState.ALIVE, 0, now_s))
+            # An mDNS record is unauthenticated: anyone on the link can publish one. Admit the
+            # peer only once it speaks to us through the envelope (it holds the cluster key).
+            commands.extend(self._hold_pending(info))
         if known is None and self._join_syncs_sent < self.knobs.join_sync_max:
             # Joining: pull the full view from the first few neighbours we see.
             self._join_syncs_sent += 1
             commands.extend(self._sync_messages(info.address, reply=True))
-        elif known is not None and known.state in (MemberState.DEAD, MemberState.LEFT):
+        elif known is None:
+            commands.append(
+                SendMessage(info.address, Ping(seq=self._take_seq(), target=info.node_id))
+            )
+        elif known.state in (MemberState.DEAD, MemberState.LEFT):
             # A dead member announces itself again (restart): tell it what we believe so
             # it refutes with a higher incarnation.
             commands.extend(self._sync_messages(info.address, reply=True))
@@ -334,6 +350,8 @@ class Discovery:
         raise AssertionError(f"unknown timer {name!r}")
 
     def _on_probe_tick(self, now_s: float) -> list[Command]:
+        if self._leaving:
+            return []
         commands = self._finish_probe(now_s)
         interval_s = self.knobs.probe_interval_s * (self.health_score + 1)
         commands.append(StartTimer(_PROBE_TIMER, now_s + interval_s))
@@ -479,8 +497,8 @@ class Discovery:
         return self._change(member, _info_of(update), state, update, now_s)
 
     def _about_self(self, state: MemberState, incarnation: int, now_s: float) -> list[Command]:
-        if state is MemberState.ALIVE or incarnation < self.incarnation:
-            return []
+        if state is MemberState.ALIVE or incarnation < self.incarnation or self._leaving:
+            return []  # nothing to refute (or we are leaving: our LEFT must stand)
         # Refute (SWIM §4.2): a suspicion or death notice about us, at our incarnation or
         # above, is answered by a higher incarnation that overrides it everywhere.
         self.incarnation = incarnation + 1
@@ -493,6 +511,7 @@ class Discovery:
         self, info: MemberInfo, state: MemberState, incarnation: int, now_s: float
     ) -> list[Command]:
         member = _Member(info=info, state=state, incarnation=incarnation, changed_s=now_s)
+        self._pending.pop(info.node_id, None)
         self._members[info.node_id] = member
         self._live.add(info.node_id)
         position = self._rng.randint(0, len(self._probe_order))
@@ -556,6 +575,12 @@ class Discovery:
         return commands
 
     # ------------------------------------------------------------------ helpers
+
+    def _hold_pending(self, info: MemberInfo) -> list[Command]:
+        if len(self._pending) >= PENDING_SIGHTINGS_MAX:
+            return [CountMetric("discovery.pending_full")]
+        self._pending[info.node_id] = info
+        return []
 
     def _take_seq(self) -> int:
         seq = self._next_seq

@@ -19,7 +19,7 @@ from actors.core import (
 )
 from actors.discovery import Discovery, DiscoveryKnobs
 from actors.gossip import BroadcastQueue, retransmit_limit, suspicion_timeout_s
-from actors.messages import Ack, MemberUpdate, Ping
+from actors.messages import Ack, Gossip, MemberUpdate, Ping
 from tests.unit.cluster import Cluster
 
 
@@ -132,15 +132,53 @@ def test_partitioned_halves_declare_each_other_dead_and_heal_by_rediscovery() ->
         assert set(_states_about(cluster, node_id).values()) == {MemberState.ALIVE}
 
 
-def test_mdns_sighting_adds_member_and_other_sites_are_ignored() -> None:
-    """PeerDiscovered adds same-site peers; another site's peers are counted and ignored."""
+def test_mdns_sighting_is_admitted_only_after_authenticated_contact() -> None:
+    """An mDNS record alone admits nobody; a message through the envelope from it does."""
     actor = Discovery(_info("a"), random.Random(1))
     actor.start(0.0)
-    actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.1)
-    commands = actor.handle(PeerDiscovered(_info("c", site="other"), wire_version=1), 0.2)
+    commands = actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.1)
+    assert actor.state_of("b") is None
+    assert any(isinstance(c, SendMessage) and c.address == _info("b").address for c in commands)
+    actor.handle(MessageReceived("b", _info("b").address, Ack(seq=999)), 0.2)
     assert actor.state_of("b") is MemberState.ALIVE
+
+
+def test_forged_mdns_sighting_without_the_key_is_never_admitted() -> None:
+    """A peer that only publishes mDNS records (no cluster key) never becomes a member."""
+    cluster = _seeded_cluster(3)
+    forged = MemberInfo(
+        node_id="intruder", site="s1", subnet="10.0.0.0/24", address=Address("10.9.9.9", 7946)
+    )
+    for node_id in list(cluster.nodes):
+        cluster.inject(node_id, PeerDiscovered(forged, wire_version=1))
+    cluster.run_until(cluster.now_s + 30.0)
+    assert all(node.actor.state_of("intruder") is None for node in cluster.nodes.values())
+
+
+def test_other_sites_are_ignored() -> None:
+    """Membership is per site: another site's sighting is counted and ignored."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    commands = actor.handle(PeerDiscovered(_info("c", site="other"), wire_version=1), 0.2)
     assert actor.state_of("c") is None
     assert CountMetric("discovery.other_site") in commands
+
+
+def test_leaving_peer_does_not_refute_its_own_departure() -> None:
+    """After leave(), news of our LEFT state is not refuted and probing stops."""
+    actor = Discovery(_info("a"), random.Random(1))
+    actor.start(0.0)
+    actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.0)
+    actor.handle(MessageReceived("b", _info("b").address, Ack(seq=1)), 0.0)
+    assert actor.state_of("b") is MemberState.ALIVE
+    actor.leave(1.0)
+    left = MemberUpdate(
+        node_id="a", incarnation=0, state="left", site="s1", subnet="x", host="h", port=1
+    )
+    commands = actor.handle(MessageReceived("b", _info("b").address, Gossip(updates=(left,))), 1.1)
+    assert actor.incarnation == 0
+    assert CountMetric("discovery.refuted") not in commands
+    assert actor.handle(TimerFired("probe"), 2.0) == []
 
 
 def test_ping_is_acked_and_misdirected_ping_is_counted() -> None:
@@ -174,6 +212,7 @@ def test_idle_peer_arms_no_gossip_timer() -> None:
     actor = Discovery(_info("a"), random.Random(1))
     actor.start(0.0)
     actor.handle(PeerDiscovered(_info("b"), wire_version=1), 0.0)
+    actor.handle(MessageReceived("b", _info("b").address, Ack(seq=1)), 0.0)
     rearmed = []
     for step in range(10):
         commands = actor.handle(TimerFired("gossip"), step * 0.2)

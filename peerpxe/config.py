@@ -1,0 +1,461 @@
+"""`agent.toml`: loading, defaults and validation of the agent's configuration.
+
+Every error names the file, the line and the key, for example::
+
+    agent.toml:7: discovery.probe_interval_s: expected a positive number, got "fast"
+
+`tomllib` reports no line numbers for values, so the loader scans the text once and maps
+every `section.key` to the line that assigns it; syntax errors keep tomllib's own
+`(at line L, column C)`. Unknown sections and keys are errors (a typo must not silently
+fall back to a default). See docs/agent-config.md for every key.
+
+Machine facts (the interface's address and netmask, the default route) are read through a
+`NetworkInfo`, so tests can load configurations without depending on the host's interfaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import ipaddress
+import json
+import re
+import socket
+import stat
+import struct
+import tomllib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from actors.core import NODE_ID_BYTES_MAX, Address
+from actors.discovery import DiscoveryKnobs
+from actors.envelope import CLUSTER_KEY_BYTES_MIN
+
+DEFAULT_PORT: Final = 7947
+"""UDP port of the peer endpoint: next to memberlist/Serf/Consul's 7946, without clashing."""
+WEIGHT_MAX: Final = 100
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+_DISCOVERY_KEYS: Final = ("seeds", "mdns")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; `str()` is one line for the operator."""
+
+    def __init__(self, path: Path, line: int | None, key: str | None, message: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        self.path = path
+        self.line = line
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """A validated agent configuration with every default filled in."""
+
+    path: Path
+    node_id: str
+    site: str
+    subnet: str
+    interface: str
+    address: str
+    port: int
+    weight: int
+    capabilities: tuple[str, ...]
+    cluster_key: bytes
+    cluster_key_file: Path
+    seeds: tuple[Address, ...]
+    mdns: bool
+    knobs: DiscoveryKnobs
+    log_level: str
+    warnings: tuple[str, ...] = ()
+
+
+class NetworkInfo(Protocol):
+    """The machine facts that defaults come from."""
+
+    def hostname(self) -> str:
+        """This machine's host name."""
+        ...
+
+    def interface_ipv4(self, name: str) -> tuple[str, str] | None:
+        """(address, netmask) of interface `name`, or None if it has no IPv4 address."""
+        ...
+
+    def interface_of(self, address: str) -> str | None:
+        """The interface holding IPv4 `address`, or None."""
+        ...
+
+    def default_interface(self) -> str | None:
+        """The interface of the IPv4 default route, or None."""
+        ...
+
+
+def load_config(path: Path, network: NetworkInfo | None = None) -> AgentConfig:
+    """Read, validate and complete `path`; raise `ConfigError` with file:line: key on error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(path, None, None, f"cannot read: {_reason(error)}") from error
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        match = re.search(r"at line (\d+)", str(error))
+        line = int(match.group(1)) if match else None
+        raise ConfigError(path, line, None, f"syntax error: {error}") from error
+    return _Loader(path, text, document, network or LinuxNetworkInfo()).load()
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+Check = Callable[[Any], Any]
+"""Returns the converted value or raises `ValueError` with the expectation (no key, no line)."""
+
+
+def _got(value: object) -> str:
+    return json.dumps(value, default=str)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {_got(value)}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_got(value)}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"expected a positive number, got {_got(value)}")
+    return float(value)
+
+
+def _integer_in(low: int, high: int) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {_got(value)}")
+        return value
+
+    return check
+
+
+def _string_list(item: Check) -> Check:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {_got(value)}")
+        return tuple(item(element) for element in value)
+
+    return check
+
+
+def _node_id(value: Any) -> str:
+    text = _string(value)
+    if len(text.encode()) > NODE_ID_BYTES_MAX or not text.isprintable() or " " in text:
+        raise ValueError(
+            f"expected a printable id without spaces, at most {NODE_ID_BYTES_MAX} bytes,"
+            f" got {_got(value)}"
+        )
+    return text
+
+
+def _capability(value: Any) -> str:
+    text = _string(value)
+    if "," in text or not text.isprintable():
+        raise ValueError(f"expected a capability name without commas, got {_got(value)}")
+    return text
+
+
+def _ipv4(value: Any) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"expected an IPv4 address like 192.0.2.10, got {_got(value)}") from None
+
+
+def _cidr(value: Any) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.IPv4Network(text, strict=True))
+    except ValueError as error:
+        raise ValueError(
+            f"expected an IPv4 network in CIDR form like 192.0.2.0/24, got {_got(value)} ({error})"
+        ) from None
+
+
+def _seed(value: Any) -> Address:
+    text = _string(value)
+    host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65_536:
+        raise ValueError(f'expected "host:port" with a port from 1 to 65535, got {_got(value)}')
+    return Address(host, int(port_text))
+
+
+def _log_level(value: Any) -> str:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {_got(value)}")
+    return str(value)
+
+
+def _knob_checks() -> dict[str, Check]:
+    """One check per `DiscoveryKnobs` field, from its annotation (new knobs need no code here)."""
+    hints = typing.get_type_hints(DiscoveryKnobs)
+    checks: dict[str, Check] = {}
+    for knob in dataclasses.fields(DiscoveryKnobs):
+        kind = hints[knob.name]
+        assert kind in (int, float), f"knob {knob.name}: unsupported type {kind}"
+        checks[knob.name] = _positive_number if kind is float else _integer_in(0, 1_000_000)
+    return checks
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+_AGENT_CHECKS: Final[dict[str, Check]] = {
+    "node_id": _node_id,
+    "site": _string,
+    "subnet": _cidr,
+    "interface": _string,
+    "address": _ipv4,
+    "port": _integer_in(0, 65_535),
+    "weight": _integer_in(0, WEIGHT_MAX),
+    "capabilities": _string_list(_capability),
+}
+_SECURITY_CHECKS: Final[dict[str, Check]] = {"cluster_key_file": _string}
+_DISCOVERY_CHECKS: Final[dict[str, Check]] = {
+    "seeds": _string_list(_seed),
+    "mdns": _boolean,
+    **_knob_checks(),
+}
+_LOG_CHECKS: Final[dict[str, Check]] = {"level": _log_level}
+SCHEMA: Final[dict[str, dict[str, Check]]] = {
+    "agent": _AGENT_CHECKS,
+    "security": _SECURITY_CHECKS,
+    "discovery": _DISCOVERY_CHECKS,
+    "log": _LOG_CHECKS,
+}
+"""Every section and key `agent.toml` accepts."""
+
+
+class _Loader:
+    def __init__(
+        self, path: Path, text: str, document: dict[str, Any], network: NetworkInfo
+    ) -> None:
+        self.path = path
+        self.lines = key_lines(text)
+        self.document = document
+        self.network = network
+        self.warnings: list[str] = []
+
+    def load(self) -> AgentConfig:
+        values = self._checked_values()
+        agent, discovery = values["agent"], values["discovery"]
+        interface, address = self._interface_and_address(agent)
+        key_file, key = self._cluster_key(values["security"])
+        return AgentConfig(
+            path=self.path,
+            node_id=agent.get("node_id") or self._default_node_id(),
+            site=agent.get("site", "default"),
+            subnet=agent.get("subnet") or self._default_subnet(interface, address),
+            interface=interface,
+            address=address,
+            port=agent.get("port", DEFAULT_PORT),
+            weight=agent.get("weight", 50),
+            capabilities=agent.get("capabilities", ()),
+            cluster_key=key,
+            cluster_key_file=key_file,
+            seeds=discovery.get("seeds", ()),
+            mdns=discovery.get("mdns", True),
+            knobs=self._knobs(discovery),
+            log_level=values["log"].get("level", "info"),
+            warnings=tuple(self.warnings),
+        )
+
+    def error(self, key: str, message: str) -> ConfigError:
+        line = self.lines.get(key) or self.lines.get(key.partition(".")[0])
+        return ConfigError(self.path, line, key, message)
+
+    def _checked_values(self) -> dict[str, dict[str, Any]]:
+        values: dict[str, dict[str, Any]] = {section: {} for section in SCHEMA}
+        for section, table in self.document.items():
+            checks = SCHEMA.get(section)
+            if checks is None or not isinstance(table, dict):
+                raise self.error(section, f"unknown section (expected one of {', '.join(SCHEMA)})")
+            for key, value in table.items():
+                check = checks.get(key)
+                if check is None:
+                    raise self.error(f"{section}.{key}", "unknown key")
+                try:
+                    values[section][key] = check(value)
+                except ValueError as problem:
+                    raise self.error(f"{section}.{key}", str(problem)) from None
+        return values
+
+    def _interface_and_address(self, agent: dict[str, Any]) -> tuple[str, str]:
+        interface: str | None = agent.get("interface")
+        address: str | None = agent.get("address")
+        if interface is None and address is not None:
+            interface = self.network.interface_of(address)
+            if interface is None:
+                raise self.error("agent.address", f"no interface holds {address}")
+        if interface is None:
+            interface = self.network.default_interface()
+            if interface is None:
+                raise self.error("agent.interface", "no default route: set agent.interface")
+        if address is None:
+            found = self.network.interface_ipv4(interface)
+            if found is None:
+                raise self.error("agent.interface", f"{interface} has no IPv4 address")
+            address = found[0]
+        return interface, address
+
+    def _default_node_id(self) -> str:
+        try:
+            return _node_id(self.network.hostname())
+        except ValueError as problem:
+            raise self.error("agent.node_id", f"the host name is not usable: {problem}") from None
+
+    def _default_subnet(self, interface: str, address: str) -> str:
+        found = self.network.interface_ipv4(interface)
+        if found is None:
+            raise self.error("agent.subnet", f"cannot derive it: {interface} has no IPv4 address")
+        network = ipaddress.IPv4Network(f"{address}/{found[1]}", strict=False)
+        return str(network)
+
+    def _cluster_key(self, security: dict[str, Any]) -> tuple[Path, bytes]:
+        name = "security.cluster_key_file"
+        if "cluster_key_file" not in security:
+            raise self.error(name, "missing (required: the file holding the cluster key)")
+        key_file = self.path.parent / Path(security["cluster_key_file"]).expanduser()
+        try:
+            data = key_file.read_bytes()
+            mode = key_file.stat().st_mode
+        except OSError as error:
+            raise self.error(name, f"cannot read {key_file}: {_reason(error)}") from None
+        key = parse_key(data)
+        if len(key) < CLUSTER_KEY_BYTES_MIN:
+            raise self.error(
+                name,
+                f"{key_file} holds a {len(key)}-byte key; at least {CLUSTER_KEY_BYTES_MIN}"
+                " bytes are needed (e.g. `openssl rand -hex 32`)",
+            )
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self.warnings.append(
+                f"{self.path}:{self.lines.get(name)}: {name}: {key_file} is accessible by"
+                f" group or others (mode {stat.S_IMODE(mode):04o}); run chmod 600"
+            )
+        return key_file, key
+
+    def _knobs(self, discovery: dict[str, Any]) -> DiscoveryKnobs:
+        overrides = {key: value for key, value in discovery.items() if key not in _DISCOVERY_KEYS}
+        defaults = DiscoveryKnobs()
+        merged = {knob.name: getattr(defaults, knob.name) for knob in dataclasses.fields(defaults)}
+        merged.update(overrides)
+        for smaller, larger, strict in _KNOB_ORDER:
+            if merged[smaller] > merged[larger] or (strict and merged[smaller] == merged[larger]):
+                culprit = smaller if smaller in overrides else larger
+                relation = "less than" if strict else "at most"
+                raise self.error(
+                    f"discovery.{culprit}",
+                    f"{smaller} ({merged[smaller]}) must be {relation} {larger} ({merged[larger]})",
+                )
+        try:
+            return DiscoveryKnobs(**overrides)
+        except AssertionError:
+            raise self.error("discovery", "the knob values are inconsistent") from None
+
+
+_KNOB_ORDER: Final = (
+    ("probe_timeout_s", "probe_interval_s", True),
+    ("suspicion_timeout_s_min", "suspicion_timeout_s_max", False),
+)
+
+
+def parse_key(data: bytes) -> bytes:
+    """A key file's key: hex text (whitespace around it ignored) or, otherwise, raw bytes."""
+    stripped = data.strip()
+    if stripped and len(stripped) % 2 == 0 and re.fullmatch(rb"[0-9A-Fa-f]+", stripped):
+        return bytes.fromhex(stripped.decode())
+    return data
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map `section` and `section.key` to the (1-based) line that declares or assigns it."""
+    lines: dict[str, int] = {}
+    section = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        header = re.match(r"^\[\[?\s*([^\]#]+?)\s*\]\]?", line)
+        if header:
+            section = header.group(1).replace('"', "").replace("'", "")
+            lines.setdefault(section, number)
+            continue
+        assignment = re.match(r"^([A-Za-z0-9_.\-\"' ]+?)\s*=", line)
+        if assignment:
+            key = assignment.group(1).replace('"', "").replace("'", "").replace(" ", "")
+            lines.setdefault(f"{section}.{key}" if section else key, number)
+    return lines
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+# --------------------------------------------------------------------------- machine facts
+
+_SIOCGIFADDR: Final = 0x8915  # linux/sockios.h
+_SIOCGIFNETMASK: Final = 0x891B
+
+
+class LinuxNetworkInfo:
+    """Machine facts from Linux: ioctl for interface addresses, /proc/net/route for routes."""
+
+    def hostname(self) -> str:
+        """`socket.gethostname()`."""
+        return socket.gethostname()
+
+    def interface_ipv4(self, name: str) -> tuple[str, str] | None:
+        """(address, netmask) of the interface's primary IPv4 address."""
+        address = _interface_ioctl(name, _SIOCGIFADDR)
+        netmask = _interface_ioctl(name, _SIOCGIFNETMASK)
+        if address is None or netmask is None:
+            return None
+        return address, netmask
+
+    def interface_of(self, address: str) -> str | None:
+        """The first interface (by index) whose primary IPv4 address is `address`."""
+        for _, name in socket.if_nameindex():
+            if _interface_ioctl(name, _SIOCGIFADDR) == address:
+                return name
+        return None
+
+    def default_interface(self) -> str | None:
+        """The interface of the first IPv4 default route in /proc/net/route."""
+        try:
+            rows = Path("/proc/net/route").read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            return None
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
+                return fields[0]
+        return None
+
+
+def _interface_ioctl(name: str, request: int) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
