@@ -8,15 +8,27 @@ wrong shape, unknown tag, unknown or missing field, wrong type, oversize input) 
 Field types are checked against the dataclass annotations, compiled once per class into a
 tuple of checkers, because dataclasses do not check types themselves and a peer could send
 `Ping(seq="x")`. Nested records (`MemberUpdate`) travel as arrays in field order: smaller
-than maps and just as strict, since the arity is checked.
+than maps and just as strict, since the arity is checked. A record array may omit trailing
+fields that have defaults, so a record that gains a defaulted field at its end still decodes
+from older peers (the same rule as a message map missing a defaulted field).
+
+Speed: every simulated message crosses encode and decode, so both are compiled per class at
+import. Encode reads the fields with one `operator.attrgetter` per class and lets msgpack's
+`default` hook turn records into arrays. Decode first compares the exact wire types of all
+fields at once (`msgpack` yields exact `int`, `str`, `bytes`, `bool`, `float`, `tuple`, so
+`type(v) is int` also refuses `bool`), converts only the fields that need it (records,
+tuples), and falls back to the per-field checkers, which name the offending field, only when
+that comparison fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import operator
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -33,11 +45,18 @@ MAX_DATAGRAM_BYTES: Final = 1400
 Checker = Callable[[Any], Any]
 """Validates one decoded value and returns it converted (arrays to tuples or records)."""
 
+FieldGetter = Callable[[Any], tuple[Any, ...]]
+"""Reads the field values of one dataclass instance, in field order."""
+
 
 def encode(message: Message) -> bytes:
     """Pack `message` as `[WIRE_VERSION, TAG, fields]`."""
-    fields = {f.name: _to_wire(getattr(message, f.name)) for f in dataclasses.fields(message)}
-    data: bytes = msgpack.packb([WIRE_VERSION, message.TAG, fields], use_bin_type=True)
+    encoder = _ENCODERS.get(type(message)) or _compile_encoder(type(message))
+    names, getter = encoder
+    fields = dict(zip(names, getter(message), strict=True))
+    data: bytes = msgpack.packb(
+        [WIRE_VERSION, message.TAG, fields], use_bin_type=True, default=_record_to_wire
+    )
     return data
 
 
@@ -46,15 +65,15 @@ def decode(data: bytes, max_bytes: int = MAX_DATAGRAM_BYTES) -> Message:
     if len(data) > max_bytes:
         raise DecodeError(f"oversize: {len(data)} > {max_bytes} bytes")
     frame = _unpack(data)
-    if not isinstance(frame, tuple) or len(frame) != 3:
+    if type(frame) is not tuple or len(frame) != 3:
         raise DecodeError("frame is not [version, tag, fields]")
     version, tag, fields = frame
-    if version != WIRE_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != WIRE_VERSION:
         raise DecodeError(f"unsupported wire version {version!r}")
-    spec = _MESSAGE_SPECS.get(tag) if isinstance(tag, str) else None
+    spec = _MESSAGE_SPECS.get(tag) if type(tag) is str else None
     if spec is None:
         raise DecodeError(f"unknown tag {tag!r}")
-    if not isinstance(fields, dict):
+    if type(fields) is not dict:
         raise DecodeError(f"{tag}: fields are not a map")
     return typing.cast("Message", spec.build_from_map(fields))
 
@@ -67,19 +86,39 @@ def unpack_plain(data: bytes) -> object:
 def _unpack(data: bytes) -> object:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=False)
-    except Exception as error:  # noqa: BLE001 - msgpack raises many types; all mean "malformed"
+    except Exception as error:  # msgpack raises many types; all mean "malformed"
         raise DecodeError(f"bad msgpack: {type(error).__name__}") from error
 
 
-def _to_wire(value: object) -> object:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [_to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
-    if isinstance(value, tuple):
-        return [_to_wire(item) for item in value]
-    return value
+# --------------------------------------------------------------------------- encoding
+
+
+def _record_to_wire(value: object) -> tuple[Any, ...]:
+    """msgpack `default` hook: a nested record becomes the array of its field values."""
+    encoder = _RECORD_ENCODERS.get(type(value))
+    if encoder is None:
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            raise TypeError(f"cannot encode {type(value).__name__}")
+        encoder = _compile_encoder(type(value))
+    return encoder[1](value)
+
+
+def _compile_encoder(cls: type) -> tuple[tuple[str, ...], FieldGetter]:
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    if len(names) == 1:
+        single = operator.attrgetter(names[0])
+        return names, lambda instance: (single(instance),)
+    if not names:
+        return names, lambda _instance: ()
+    getter: FieldGetter = operator.attrgetter(*names)
+    return names, getter
 
 
 # --------------------------------------------------------------------------- type checking
+
+
+class _NoFastPath:
+    """Stands in the fast-path type tuple for a field msgpack never yields as one exact type."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,52 +129,95 @@ class _ClassSpec:
     names: tuple[str, ...]
     checkers: tuple[Checker, ...]
     required: frozenset[str]
+    wire_types: tuple[type, ...]
+    """The exact type of each field's wire value when no conversion beyond `converters` is due."""
+    converters: tuple[tuple[int, Checker], ...]
+    """(index, checker) of the fields whose values still need checking after the type match."""
+    items_min: int
+    """Fewest array items a record accepts: up to and including its last required field."""
+    slot_setters: tuple[Callable[[object, Any], None], ...] | None
+    """Slot descriptors' setters in field order, when setting them is all `__init__` does."""
+    post_init: Callable[[object], None] | None
 
     def build_from_map(self, fields: dict[Any, Any]) -> object:
+        try:
+            items = tuple(map(fields.__getitem__, self.names))
+        except KeyError:
+            return self._build_partial_map(fields)
+        if len(fields) != len(items):
+            return self._build_partial_map(fields)  # raises: an unknown field
+        return self._build_all(items)
+
+    def build_from_array(self, items: object) -> object:
+        if type(items) is not tuple or not self.items_min <= len(items) <= len(self.names):
+            raise DecodeError(f"{self.cls.__name__}: expected {len(self.names)} items")
+        if len(items) < len(self.names):
+            names = self.names[: len(items)]
+            checkers = self.checkers[: len(items)]
+            checked = tuple(check(item) for check, item in zip(checkers, items, strict=True))
+            return self._construct(names, checked)
+        return self._build_all(items)
+
+    def _build_partial_map(self, fields: dict[Any, Any]) -> object:
         unknown = [name for name in fields if name not in self.names]
         if unknown:
             raise DecodeError(f"{self.cls.__name__}: unknown field {unknown[0]!r}")
         missing = [name for name in self.names if name in self.required and name not in fields]
         if missing:
             raise DecodeError(f"{self.cls.__name__}: missing field {missing[0]!r}")
-        values = {
-            name: check(fields[name])
+        present = [
+            (name, check)
             for name, check in zip(self.names, self.checkers, strict=True)
             if name in fields
-        }
-        return self._construct(values)
+        ]
+        names = tuple(name for name, _ in present)
+        checked = tuple(check(fields[name]) for name, check in present)
+        return self._construct(names, checked)
 
-    def build_from_array(self, items: object) -> object:
-        if not isinstance(items, tuple) or len(items) != len(self.names):
-            raise DecodeError(f"{self.cls.__name__}: expected {len(self.names)} items")
-        values = {
-            name: check(item)
-            for name, check, item in zip(self.names, self.checkers, items, strict=True)
-        }
-        return self._construct(values)
+    def _build_all(self, items: tuple[Any, ...]) -> object:
+        """Validate, convert and construct from the values of all fields, in field order."""
+        values: Sequence[Any] = items
+        if tuple(map(type, items)) != self.wire_types:
+            values = [check(item) for check, item in zip(self.checkers, items, strict=True)]
+        elif self.converters:
+            values = list(items)
+            for index, convert in self.converters:
+                values[index] = convert(values[index])
+        if self.slot_setters is None:
+            return self._construct(self.names, values)
+        # The slotted fast path of `_slot_setters`: what the dataclass `__init__` would do.
+        instance: object = _new_object(self.cls)
+        for setter, value in zip(self.slot_setters, values, strict=True):
+            setter(instance, value)
+        if self.post_init is not None:
+            try:
+                self.post_init(instance)
+            except (TypeError, ValueError, AssertionError) as error:
+                raise DecodeError(f"{self.cls.__name__}: {error}") from error
+        return instance
 
-    def _construct(self, values: dict[str, Any]) -> object:
+    def _construct(self, names: tuple[str, ...], values: Sequence[Any]) -> object:
         try:
-            return self.cls(**values)
+            return self.cls(**dict(zip(names, values, strict=True)))
         except (TypeError, ValueError, AssertionError) as error:
             raise DecodeError(f"{self.cls.__name__}: {error}") from error
 
 
 def _check_int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int:
         raise DecodeError(f"expected int, got {type(value).__name__}")
     return value
 
 
 def _check_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if type(value) is not float and type(value) is not int:
         raise DecodeError(f"expected float, got {type(value).__name__}")
     return float(value)
 
 
 def _simple_checker(expected: type) -> Checker:
     def check(value: Any) -> Any:
-        if not isinstance(value, expected):
+        if type(value) is not expected:
             raise DecodeError(f"expected {expected.__name__}, got {type(value).__name__}")
         return value
 
@@ -143,10 +225,26 @@ def _simple_checker(expected: type) -> Checker:
 
 
 def _tuple_checker(item_check: Checker) -> Checker:
+    """Check an array whose items each need their own checker (and maybe conversion)."""
+
     def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, tuple):
+        if type(value) is not tuple:
             raise DecodeError(f"expected array, got {type(value).__name__}")
-        return tuple(item_check(item) for item in value)
+        return tuple([item_check(item) for item in value])
+
+    return check
+
+
+def _plain_tuple_checker(item_type: type) -> Checker:
+    """Check an array of plain values: exact item types, nothing to convert."""
+
+    def check(value: Any) -> tuple[Any, ...]:
+        if type(value) is not tuple:
+            raise DecodeError(f"expected array, got {type(value).__name__}")
+        for item in value:
+            if type(item) is not item_type:
+                raise DecodeError(f"expected {item_type.__name__}, got {type(item).__name__}")
+        return value
 
     return check
 
@@ -156,6 +254,10 @@ def _optional_checker(inner: Checker) -> Checker:
         return None if value is None else inner(value)
 
     return check
+
+
+_PLAIN_TYPES: Final[tuple[type, ...]] = (int, str, bytes, bool)
+"""Annotations whose wire values need only an exact type check (msgpack yields them as is)."""
 
 
 def _checker_for(annotation: Any) -> Checker:
@@ -170,6 +272,8 @@ def _checker_for(annotation: Any) -> Checker:
     origin = typing.get_origin(annotation)
     arguments = typing.get_args(annotation)
     if origin is tuple and len(arguments) == 2 and arguments[1] is Ellipsis:
+        if arguments[0] in _PLAIN_TYPES:
+            return _plain_tuple_checker(arguments[0])
         return _tuple_checker(_checker_for(arguments[0]))
     if origin in (typing.Union, types.UnionType) and type(None) in arguments:
         (inner,) = [argument for argument in arguments if argument is not type(None)]
@@ -177,26 +281,64 @@ def _checker_for(annotation: Any) -> Checker:
     raise TypeError(f"no wire checker for annotation {annotation!r}")
 
 
+def _wire_type_for(annotation: Any) -> tuple[type, bool]:
+    """The exact wire type of a field's value, and whether it needs its checker after all."""
+    if annotation in _PLAIN_TYPES or annotation is float:
+        return annotation, False  # an int sent for a float takes the slow path, which converts
+    if annotation in _RECORD_SPECS or typing.get_origin(annotation) is tuple:
+        return tuple, True
+    return _NoFastPath, True
+
+
 def _compile(cls: type) -> _ClassSpec:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
-    required = frozenset(
-        f.name
+    required = [
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    )
+    ]
+    checkers = tuple(_checker_for(hints[f.name]) for f in fields)
+    wire = [_wire_type_for(hints[f.name]) for f in fields]
     return _ClassSpec(
         cls=cls,
         names=tuple(f.name for f in fields),
-        checkers=tuple(_checker_for(hints[f.name]) for f in fields),
-        required=required,
+        checkers=checkers,
+        required=frozenset(f.name for f, needed in zip(fields, required, strict=True) if needed),
+        wire_types=tuple(wire_type for wire_type, _ in wire),
+        converters=tuple(
+            (index, checkers[index]) for index, (_, convert) in enumerate(wire) if convert
+        ),
+        items_min=max((index + 1 for index, needed in enumerate(required) if needed), default=0),
+        slot_setters=_slot_setters(cls, fields),
+        post_init=getattr(cls, "__post_init__", None),
     )
+
+
+def _slot_setters(
+    cls: type, fields: list[dataclasses.Field[Any]]
+) -> tuple[Callable[[object, Any], None], ...] | None:
+    """The slot setters of `cls` in field order, if `__init__` does no more than set them.
+
+    A frozen dataclass's `__init__` pays one `object.__setattr__` per field, reached through
+    keyword arguments; writing the slot descriptors directly (then calling `__post_init__`) is
+    about twice as fast. Only for slotted classes whose every field is an `__init__` field.
+    """
+    if len(fields) != len(dataclasses.fields(cls)):
+        return None
+    setters = []
+    for f in fields:
+        descriptor = inspect.getattr_static(cls, f.name, None)
+        if not isinstance(descriptor, types.MemberDescriptorType):
+            return None
+        setters.append(descriptor.__set__)
+    return tuple(setters)
 
 
 def _register_records() -> None:
     # In declaration order, so a record may nest records declared before it.
     for record in RECORD_TYPES:
         _RECORD_SPECS[record] = _compile(record)
+        _RECORD_ENCODERS[record] = _compile_encoder(record)
 
 
 def _register_messages() -> dict[str, _ClassSpec]:
@@ -205,9 +347,13 @@ def _register_messages() -> dict[str, _ClassSpec]:
         assert cls.TAG, f"{cls.__name__} has no TAG"
         assert cls.TAG not in specs, f"duplicate TAG {cls.TAG}"
         specs[cls.TAG] = _compile(cls)
+        _ENCODERS[cls] = _compile_encoder(cls)
     return specs
 
 
+_new_object: Final = object.__new__
 _RECORD_SPECS: dict[Any, _ClassSpec] = {}
+_RECORD_ENCODERS: dict[type, tuple[tuple[str, ...], FieldGetter]] = {}
+_ENCODERS: dict[type, tuple[tuple[str, ...], FieldGetter]] = {}
 _register_records()
 _MESSAGE_SPECS: dict[str, _ClassSpec] = _register_messages()

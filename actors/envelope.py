@@ -117,9 +117,9 @@ class WireSecurity:
         if not isinstance(fields, tuple) or len(fields) != 5:
             raise DecodeError("header is not [version, sender, epoch, counter, body]")
         version, sender, epoch, counter, body = fields
-        if version != codec.WIRE_VERSION:
+        if type(version) is not int or version != codec.WIRE_VERSION:  # refuse True and 1.0
             raise DecodeError(f"unsupported wire version {version!r}")
-        if not isinstance(sender, str) or not 0 < len(sender) <= NODE_ID_BYTES_MAX:
+        if not isinstance(sender, str) or not 0 < len(sender.encode()) <= NODE_ID_BYTES_MAX:
             raise DecodeError("bad sender id")
         if not _is_uint(epoch) or not _is_uint(counter):
             raise DecodeError("bad epoch or counter")
@@ -136,7 +136,10 @@ class WireSecurity:
             raise AuthenticationError("stale_epoch")
         if counter > window.highest:
             shift = counter - window.highest
-            window.seen_bits = ((window.seen_bits << shift) | 1) & _WINDOW_MASK
+            # A jump past the window forgets it whole: shifting by up to 2**64 bits first
+            # would allocate that many bits (MemoryError) just to mask them away.
+            seen_bits = (window.seen_bits << shift) & _WINDOW_MASK if shift < REPLAY_WINDOW else 0
+            window.seen_bits = seen_bits | 1
             window.highest = counter
             return
         offset = window.highest - counter
