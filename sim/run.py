@@ -1,0 +1,247 @@
+"""Run a scenario with a seed: build the world, schedule boots and faults, run, report.
+
+`Simulation(scenario, seed)` builds everything (nodes are created, not yet started), so a
+caller may add to the world before `run()`: tests inject forged nodes that way. Node boots
+are spread over `start_spread_s`; slow nodes are picked at time 0; each `[[event]]` fires at
+its `at_s` with targets resolved at that moment from `random.Random(f"faults:{seed}")`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.core import Actor, Address, MemberInfo
+from actors.discovery import Discovery
+from sim.checkers import Invariants, Violation
+from sim.host import ActorBuilder, Scheduled, SimNode, schedule
+from sim.metrics import MembershipMetrics
+from sim.scenario import PEER_PORT, TARGET_RULE, EventSpec, Scenario
+from sim.trace import Trace
+from sim.world import World
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """What one run measured; `digest` identifies the run's whole trace."""
+
+    scenario: str
+    seed: int
+    digest: str
+    sim_time_s: float
+    wall_time_s: float
+    peers: int
+    events: int
+    messages: int
+    message_bytes: int
+    trace_records: int
+    detect_s_p50: float | None
+    detect_s_p99: float | None
+    crashes: int
+    detected: int
+    undetected: int
+    false_dead: int
+    dead_ambiguous: int
+    dropped: dict[str, int]
+    network: dict[str, int]
+    messages_per_peer_per_s: float
+    violation_count: int
+    violations: tuple[Violation, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (violations as strings)."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["violations"] = [str(violation) for violation in self.violations]
+        return data
+
+
+def discovery_builder(scenario: Scenario, seeds: tuple[Address, ...]) -> ActorBuilder:
+    """Builds one `Discovery` per node life with the scenario's knobs and seed addresses."""
+
+    def build(info: MemberInfo, rng: random.Random, life: int) -> list[Actor]:
+        own = tuple(seed for seed in seeds if seed != info.address)
+        return [Discovery(self_info=info, rng=rng, knobs=scenario.knobs, seeds=own)]
+
+    return build
+
+
+class Simulation:
+    """One scenario run with one seed."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int | None = None,
+        build: ActorBuilder | None = None,
+        keep_trace: bool = False,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        key = hashlib.sha256(f"cluster:{scenario.name}".encode()).digest()
+        self.world = World(self.seed, scenario.network, key, Trace(keep=keep_trace))
+        self.invariants = Invariants(self.world)
+        self.metrics = MembershipMetrics(self.world)
+        self.world.listeners += [self.invariants, self.metrics]
+        self._rng = random.Random(f"faults:{self.seed}")
+        self._subnet_of: dict[str, str] = {}
+        self._create_nodes(build)
+        self._actions: dict[str, Callable[[EventSpec], None]] = {
+            "crash": self._crash,
+            "restart": self._restart,
+            "stop": self._stop,
+            "partition": self._partition,
+            "heal": lambda _event: self.world.heal(),
+            "slow": self._slow,
+        }
+        self._callbacks = (self._on_scheduled,)
+
+    def at(self, time_s: float, action: Callable[[], None]) -> None:
+        """Run `action` at simulated time `time_s` (used for boots, faults, tests)."""
+        item = Scheduled(self._callbacks, 0, action, None)
+        schedule(self.world.env, item, max(0.0, time_s - self.world.env.now))
+
+    def run(self) -> SimResult:
+        """Run to `duration_s`, check the end state, and report."""
+        self._schedule_boots()
+        for event in self.scenario.events:
+            if event.at_s < self.scenario.duration_s:
+                self.at(event.at_s, _bind(self._apply, event))
+        started = time.perf_counter()
+        self.world.env.run(until=self.scenario.duration_s)
+        wall_time_s = time.perf_counter() - started
+        self.invariants.check_final()
+        self.metrics.finish()
+        return self._result(wall_time_s)
+
+    # ----------------------------------------------------------------------- setup
+
+    def _create_nodes(self, build: ActorBuilder | None) -> None:
+        seeds: list[Address] = []
+        infos: list[MemberInfo] = []
+        for subnet in self.scenario.subnets:
+            for index, node_id in enumerate(subnet.node_ids()):
+                address = Address(subnet.host_of(index), PEER_PORT)
+                info = MemberInfo(node_id, subnet.site, subnet.cidr, address, subnet.weight)
+                infos.append(info)
+                self._subnet_of[node_id] = subnet.name
+                if node_id in self.scenario.seed_nodes:
+                    seeds.append(address)
+        builder = build or discovery_builder(self.scenario, tuple(seeds))
+        for info in infos:
+            self.world.add_node(info, builder)
+
+    def _schedule_boots(self) -> None:
+        rng = self._rng
+        members = list(self.world.members.values())
+        slow_count = int(self.scenario.slow_fraction * len(members) + 0.5)
+        for node in rng.sample(members, slow_count):
+            self.world.set_slow(node, self.scenario.slow_delay_s)
+        spread_s = self.scenario.start_spread_s
+        for node in members:
+            self.at(rng.uniform(0.0, spread_s), _bind(self.world.start, node))
+
+    def _on_scheduled(self, item: Scheduled) -> None:
+        item.first()
+
+    # ----------------------------------------------------------------------- faults
+
+    def _apply(self, event: EventSpec) -> None:
+        self._actions[event.action](event)
+
+    def _crash(self, event: EventSpec) -> None:
+        for node in self._resolve(event, running=True):
+            self.world.crash(node)
+
+    def _stop(self, event: EventSpec) -> None:
+        for node in self._resolve(event, running=True):
+            self.world.stop(node)
+
+    def _restart(self, event: EventSpec) -> None:
+        for node in self._resolve(event, running=False):
+            self.world.start(node)
+
+    def _partition(self, event: EventSpec) -> None:
+        nodes = self._resolve(event, running=True)
+        if nodes:
+            self.world.partition(nodes)
+
+    def _slow(self, event: EventSpec) -> None:
+        for node in self._resolve(event, running=True):
+            self.world.set_slow(node, event.delay_s)
+
+    def _resolve(self, event: EventSpec, running: bool) -> list[SimNode]:
+        """The event's targets among members that are (or are not) running, in id order."""
+        chosen: dict[str, SimNode] = {}
+        for target in event.targets:
+            for node in self._candidates(target, running):
+                chosen.setdefault(node.node_id, node)
+        return [chosen[node_id] for node_id in sorted(chosen)]
+
+    def _candidates(self, target: str, running: bool) -> list[SimNode]:
+        members = self.world.members
+        if target in members:
+            node = members[target]
+            return [node] if node.running == running else []
+        rule = TARGET_RULE.match(target)
+        assert rule is not None, f"target {target!r} was validated"
+        subnet = rule.group("subnet")
+        pool = [
+            node
+            for node in members.values()
+            if node.running == running and subnet in (None, self._subnet_of[node.node_id])
+        ]
+        count = rule.group("count")
+        if count is None:
+            return pool
+        return self._rng.sample(pool, min(int(count), len(pool)))
+
+    # ----------------------------------------------------------------------- report
+
+    def _result(self, wall_time_s: float) -> SimResult:
+        world = self.world
+        metrics = self.metrics
+        network = dict(world.network.counters.values)
+        messages = network.get("sent", 0)
+        member_seconds = metrics.member_seconds
+        return SimResult(
+            scenario=self.scenario.name,
+            seed=self.seed,
+            digest=world.trace.digest(),
+            sim_time_s=world.env.now,
+            wall_time_s=wall_time_s,
+            peers=len(world.members),
+            events=world.events,
+            messages=messages,
+            message_bytes=network.get("sent_bytes", 0),
+            trace_records=world.trace.count,
+            detect_s_p50=metrics.percentile_s(0.50),
+            detect_s_p99=metrics.percentile_s(0.99),
+            crashes=metrics.crashes,
+            detected=len(metrics.detections_s),
+            undetected=metrics.undetected,
+            false_dead=metrics.false_dead,
+            dead_ambiguous=metrics.dead_ambiguous,
+            dropped=dict(world.dropped.values),
+            network=network,
+            messages_per_peer_per_s=messages / member_seconds if member_seconds else 0.0,
+            violation_count=self.invariants.count,
+            violations=tuple(self.invariants.violations),
+        )
+
+
+def run(
+    scenario: Scenario, seed: int | None = None, build: ActorBuilder | None = None
+) -> SimResult:
+    """Run `scenario` once with `seed` (default: the scenario's own)."""
+    return Simulation(scenario, seed, build).run()
+
+
+def _bind(function: Callable[[Any], None], argument: object) -> Callable[[], None]:
+    def call() -> None:
+        function(argument)
+
+    return call

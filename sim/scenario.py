@@ -1,0 +1,412 @@
+"""Scenario files (TOML) -> validated, frozen dataclasses. The format is in docs/scenarios.md.
+
+Every error names the file, the line and the key, e.g.
+`scenarios/x.toml:12: subnet[1].peers: expected a positive integer, got -3`. `tomllib` gives
+no positions, so the line is found by scanning the text for the key inside its table (the
+n-th `[[subnet]]`, `[network]`, ...); unknown keys are errors too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from actors.discovery import DiscoveryKnobs
+from sim.network import LatencySpec, NetworkSpec
+
+ACTIONS: Final = ("crash", "restart", "stop", "partition", "heal", "slow")
+NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+TARGET_RULE: Final = re.compile(r"^(random:(?P<count>[0-9]+)|all)(@(?P<subnet>[a-z0-9-]+))?$")
+PEER_PORT: Final = 7946  # memberlist's default port; every simulated peer listens on it
+
+
+class ScenarioError(Exception):
+    """A scenario file is malformed; the message reads `file:line: key: problem`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetSpec:
+    """One subnet: its peers are `<site>-<name>-<index:03d>` at consecutive addresses."""
+
+    name: str
+    cidr: str
+    site: str
+    peers: int
+    weight: int
+
+    def node_ids(self) -> list[str]:
+        """The ids of this subnet's peers, in index order."""
+        return [f"{self.site}-{self.name}-{index:03d}" for index in range(self.peers)]
+
+    def host_of(self, index: int) -> str:
+        """The IPv4 address of peer `index` (the network address + 1 + index)."""
+        network = ipaddress.IPv4Network(self.cidr)
+        return str(network.network_address + 1 + index)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One scheduled fault: at `at_s`, apply `action` to `targets` (ids or rules)."""
+
+    at_s: float
+    action: str
+    targets: tuple[str, ...]
+    delay_s: float
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole scenario file, validated."""
+
+    path: str
+    name: str
+    duration_s: float
+    seed: int
+    start_spread_s: float
+    seed_nodes: tuple[str, ...]
+    network: NetworkSpec
+    slow_fraction: float
+    slow_delay_s: float
+    knobs: DiscoveryKnobs
+    subnets: tuple[SubnetSpec, ...]
+    events: tuple[EventSpec, ...]
+
+    def node_ids(self) -> list[str]:
+        """Every peer id, subnet by subnet."""
+        return [node_id for subnet in self.subnets for node_id in subnet.node_ids()]
+
+    def with_duration(self, duration_s: float) -> Scenario:
+        """The same scenario cut (or stretched) to `duration_s`."""
+        assert duration_s > 0
+        return dataclasses.replace(self, duration_s=duration_s)
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    text = Path(path).read_text(encoding="utf-8")
+    return parse(text, str(path))
+
+
+def parse(text: str, path: str = "<scenario>") -> Scenario:
+    """Validate scenario `text`; `path` is only used in error messages."""
+    locate = _Locator(text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{path}: {error}") from error
+    return _Reader(path, locate).scenario(data)
+
+
+# --------------------------------------------------------------------------- line lookup
+
+
+class _Locator:
+    """Finds the line of `key` inside table `section` (n-th occurrence for arrays)."""
+
+    _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        # (section, occurrence, header line, {key: line})
+        self._tables: list[tuple[str, int, int, dict[str, int]]] = [("", 0, 1, {})]
+        seen: dict[str, int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                name = header.group(1)
+                occurrence = seen.get(name, 0)
+                seen[name] = occurrence + 1
+                self._tables.append((name, occurrence, number, {}))
+                continue
+            key = self._KEY.match(line)
+            if key:
+                self._tables[-1][3].setdefault(key.group(1), number)
+
+    def __call__(self, section: str, occurrence: int = 0, key: str | None = None) -> int:
+        for name, index, header_line, keys in self._tables:
+            if name == section and index == occurrence:
+                return keys.get(key, header_line) if key is not None else header_line
+        return 1
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Reader:
+    """Reads one table at a time; every complaint carries file, line and key."""
+
+    def __init__(self, path: str, locate: _Locator) -> None:
+        self._path = path
+        self._locate = locate
+
+    def fail(self, section: str, occurrence: int, key: str | None, problem: str) -> ScenarioError:
+        line = self._locate(section, occurrence, key)
+        label = (
+            section
+            if occurrence == 0 and section not in ("subnet", "event")
+            else (f"{section}[{occurrence}]")
+        )
+        where = f"{label}.{key}" if key else label
+        return ScenarioError(f"{self._path}:{line}: {where}: {problem}")
+
+    def scenario(self, data: dict[str, Any]) -> Scenario:
+        self._only(data, "", 0, ("scenario", "network", "discovery", "subnet", "event"))
+        head = _Table(self, "scenario", 0, self._table(data, "scenario", required=True))
+        name = head.name("name")
+        duration_s = head.number("duration_s", minimum=0.0, exclusive=True)
+        seed = head.integer("seed", default=1, minimum=0)
+        spread_s = head.number("start_spread_s", default=1.0, minimum=0.0)
+        seed_nodes = head.strings("seed_nodes", default=())
+        head.done()
+        network, slow_fraction, slow_delay_s = self._network(self._table(data, "network"))
+        knobs = self._knobs(self._table(data, "discovery"))
+        subnets = self._subnets(data.get("subnet"))
+        known = {node_id for subnet in subnets for node_id in subnet.node_ids()}
+        for node_id in seed_nodes:
+            if node_id not in known:
+                raise self.fail("scenario", 0, "seed_nodes", f"unknown node id {node_id!r}")
+        events = self._events(data.get("event", []), subnets, known, slow_delay_s)
+        return Scenario(
+            path=self._path,
+            name=name,
+            duration_s=duration_s,
+            seed=seed,
+            start_spread_s=spread_s,
+            seed_nodes=seed_nodes,
+            network=network,
+            slow_fraction=slow_fraction,
+            slow_delay_s=slow_delay_s,
+            knobs=knobs,
+            subnets=subnets,
+            events=events,
+        )
+
+    def _table(self, data: dict[str, Any], name: str, required: bool = False) -> dict[str, Any]:
+        table = data.get(name)
+        if table is None and not required:
+            return {}
+        if not isinstance(table, dict):
+            raise self.fail(name, 0, None, "expected a table [" + name + "]")
+        return table
+
+    def _only(self, data: dict[str, Any], section: str, index: int, keys: tuple[str, ...]) -> None:
+        for key in data:
+            if key not in keys:
+                raise self.fail(section, index, key, f"unknown key (expected one of {keys})")
+
+    def _network(self, data: dict[str, Any]) -> tuple[NetworkSpec, float, float]:
+        table = _Table(self, "network", 0, data)
+        lan = table.latency("latency", LatencySpec())
+        wan = table.latency("wan_latency", NetworkSpec().wan)
+        loss = table.number("loss", default=0.0, minimum=0.0, maximum=0.99)
+        duplicate = table.number("duplicate", default=0.0, minimum=0.0, maximum=0.99)
+        slow_fraction = table.number("slow_fraction", default=0.0, minimum=0.0, maximum=1.0)
+        slow_delay_s = table.number("slow_delay_s", default=1.0, minimum=0.0)
+        table.done()
+        spec = NetworkSpec(lan=lan, wan=wan, loss=loss, duplicate=duplicate)
+        return spec, slow_fraction, slow_delay_s
+
+    def _knobs(self, data: dict[str, Any]) -> DiscoveryKnobs:
+        defaults = DiscoveryKnobs()
+        table = _Table(self, "discovery", 0, data)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(defaults):
+            default = getattr(defaults, field.name)
+            if isinstance(default, int) and not isinstance(default, bool):
+                values[field.name] = table.integer(field.name, default=default, minimum=0)
+            elif isinstance(default, float):
+                values[field.name] = table.number(field.name, default=default, minimum=0.0)
+        table.done()
+        try:
+            return DiscoveryKnobs(**values)
+        except (AssertionError, ValueError) as error:
+            raise self.fail("discovery", 0, None, f"invalid knobs: {error}") from error
+
+    def _subnets(self, raw: object) -> tuple[SubnetSpec, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.fail("subnet", 0, None, "expected at least one [[subnet]] table")
+        subnets: list[SubnetSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "subnet", index, data)
+            subnet = SubnetSpec(
+                name=table.name("name"),
+                cidr=table.string("cidr"),
+                site=table.name("site"),
+                peers=table.integer("peers", minimum=1),
+                weight=table.integer("weight", default=50, minimum=0, maximum=100),
+            )
+            table.done()
+            self._check_subnet(subnet, index, subnets)
+            subnets.append(subnet)
+        return tuple(subnets)
+
+    def _check_subnet(self, subnet: SubnetSpec, index: int, before: list[SubnetSpec]) -> None:
+        try:
+            network = ipaddress.IPv4Network(subnet.cidr)
+        except ValueError as error:
+            raise self.fail("subnet", index, "cidr", f"not an IPv4 network: {error}") from error
+        if subnet.peers > network.num_addresses - 2:
+            problem = f"{subnet.peers} peers do not fit in {subnet.cidr}"
+            raise self.fail("subnet", index, "peers", problem)
+        for other in before:
+            if other.name == subnet.name:
+                raise self.fail("subnet", index, "name", f"duplicate subnet {subnet.name!r}")
+            if ipaddress.IPv4Network(other.cidr).overlaps(network):
+                raise self.fail("subnet", index, "cidr", f"overlaps subnet {other.name!r}")
+
+    def _events(
+        self, raw: object, subnets: tuple[SubnetSpec, ...], known: set[str], slow_delay_s: float
+    ) -> tuple[EventSpec, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("event", 0, None, "expected [[event]] tables")
+        subnet_names = [subnet.name for subnet in subnets]
+        events: list[EventSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "event", index, data)
+            at_s = table.number("at_s", minimum=0.0)
+            action = table.choice("action", ACTIONS)
+            targets = table.strings("targets", default=())
+            delay_s = table.number("delay_s", default=slow_delay_s, minimum=0.0)
+            table.done()
+            if action != "heal" and not targets:
+                raise self.fail("event", index, "targets", f"{action} needs targets")
+            for target in targets:
+                problem = _target_problem(target, subnet_names, known)
+                if problem:
+                    raise self.fail("event", index, "targets", problem)
+            line = self._locate("event", index)
+            events.append(EventSpec(at_s, action, targets, delay_s, line))
+        return tuple(sorted(events, key=lambda event: event.at_s))
+
+
+def _target_problem(target: str, subnet_names: list[str], known: set[str]) -> str | None:
+    if target in known:
+        return None
+    rule = TARGET_RULE.match(target)
+    if rule is None:
+        return f"{target!r} is neither a node id nor a rule like 'random:3@subnet-a' or 'all'"
+    subnet = rule.group("subnet")
+    if subnet is not None and subnet not in subnet_names:
+        return f"{target!r}: unknown subnet {subnet!r}"
+    return None
+
+
+class _Table:
+    """Typed getters over one TOML table; `done()` rejects keys nobody asked for."""
+
+    _MISSING: Final = object()
+
+    def __init__(self, reader: _Reader, section: str, index: int, data: object) -> None:
+        if not isinstance(data, dict):
+            raise reader.fail(section, index, None, "expected a table")
+        self._reader = reader
+        self._section = section
+        self._index = index
+        self._data: dict[str, Any] = data
+        self._read: list[str] = []
+
+    def _get(self, key: str, default: object) -> object:
+        self._read.append(key)
+        if key in self._data:
+            return self._data[key]
+        if default is _Table._MISSING:
+            raise self._fail(key, "missing required key")
+        return default
+
+    def _fail(self, key: str, problem: str) -> ScenarioError:
+        return self._reader.fail(self._section, self._index, key, problem)
+
+    def done(self) -> None:
+        for key in self._data:
+            if key not in self._read:
+                raise self._fail(key, f"unknown key (expected one of {tuple(self._read)})")
+
+    def string(self, key: str, default: object = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self._fail(key, f"expected a string, got {value!r}")
+        return value
+
+    def name(self, key: str) -> str:
+        value = self.string(key)
+        if not NAME_PATTERN.match(value):
+            raise self._fail(key, f"expected a short lowercase name [a-z0-9-], got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key)
+        if value not in choices:
+            raise self._fail(key, f"expected one of {choices}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, default)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def integer(
+        self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self._get(key, default)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        if not ok or (maximum is not None and value > maximum):  # type: ignore[operator]
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            bound = f" and <= {maximum}" if maximum is not None else ""
+            raise self._fail(key, f"expected {kind}{bound}, got {value!r}")
+        assert isinstance(value, int)
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: object = _MISSING,
+        minimum: float = 0.0,
+        maximum: float | None = None,
+        exclusive: bool = False,
+    ) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(key, f"expected a number, got {value!r}")
+        low_ok = value > minimum if exclusive else value >= minimum
+        if not low_ok or (maximum is not None and value > maximum):
+            relation = ">" if exclusive else ">="
+            bound = f" and <= {maximum}" if maximum is not None else ""
+            raise self._fail(key, f"expected a number {relation} {minimum}{bound}, got {value!r}")
+        return float(value)
+
+    def latency(self, key: str, default: LatencySpec) -> LatencySpec:
+        value = self._get(key, None)
+        if value is None:
+            return default
+        if not isinstance(value, dict):
+            raise self._fail(key, f"expected an inline table {{ kind = ... }}, got {value!r}")
+        kind = value.get("kind", "lognormal")
+        expected = {"lognormal": ("median_ms", "sigma"), "uniform": ("base_ms", "jitter_ms")}
+        if kind not in expected:
+            raise self._fail(key, f"kind: expected 'lognormal' or 'uniform', got {kind!r}")
+        fields = expected[kind]
+        for name, amount in value.items():
+            if name != "kind" and name not in fields:
+                raise self._fail(key, f"unknown field {name!r} for kind {kind!r} ({fields})")
+            if name != "kind" and (isinstance(amount, bool) or not isinstance(amount, int | float)):
+                raise self._fail(key, f"{name}: expected a number, got {amount!r}")
+            if name != "kind" and (amount < 0 or (name == "median_ms" and amount <= 0)):
+                raise self._fail(key, f"{name}: expected a positive number, got {amount!r}")
+        if kind == "lognormal":
+            return LatencySpec(
+                kind="lognormal",
+                median_s=float(value.get("median_ms", 0.3)) / 1000,
+                sigma=float(value.get("sigma", 0.5)),
+            )
+        return LatencySpec(
+            kind="uniform",
+            base_s=float(value.get("base_ms", 0.2)) / 1000,
+            jitter_s=float(value.get("jitter_ms", 0.2)) / 1000,
+        )
