@@ -82,6 +82,7 @@ _PROBE_TIMEOUT_TIMER: Final = "probe_timeout"
 _GOSSIP_TIMER: Final = "gossip"
 _PUSH_PULL_TIMER: Final = "push_pull"
 _REAP_TIMER: Final = "reap"
+_RECONNECT_TIMER: Final = "reconnect"
 _SUSPICION_PREFIX: Final = "suspect:"
 _RELAY_PREFIX: Final = "relay:"
 _REACHABLE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
@@ -106,6 +107,7 @@ class DiscoveryKnobs:
     suspicion_timeout_s_min: float = 2.0
     suspicion_timeout_s_max: float = 12.0
     push_pull_interval_s: float = 30.0
+    reconnect_interval_s: float = 10.0
     dead_member_reap_s: float = 120.0
     suspicion_confirmations: int = 2
     health_score_max: int = 7
@@ -193,6 +195,7 @@ class Discovery:
             StartTimer(_PROBE_TIMER, now_s + phase_s),
             StartTimer(_PUSH_PULL_TIMER, now_s + self._push_pull_delay_s()),
             StartTimer(_REAP_TIMER, now_s + self.knobs.dead_member_reap_s),
+            StartTimer(_RECONNECT_TIMER, now_s + self.knobs.reconnect_interval_s),
         ]
         # Announce ourselves cluster-wide (members on other links learn of us by gossip).
         commands.extend(self._queue_broadcast(self._self_update(MemberState.ALIVE), now_s))
@@ -343,6 +346,8 @@ class Discovery:
             return self._on_push_pull_tick(now_s)
         if name == _REAP_TIMER:
             return self._on_reap_tick(now_s)
+        if name == _RECONNECT_TIMER:
+            return self._on_reconnect_tick(now_s)
         if name.startswith(_SUSPICION_PREFIX):
             return self._on_suspicion_timeout(name.removeprefix(_SUSPICION_PREFIX), now_s)
         if name.startswith(_RELAY_PREFIX):
@@ -435,6 +440,21 @@ class Discovery:
             commands.extend(self._sync_messages(partner[0].info.address, reply=True))
         elif self.seeds:
             commands.extend(self._sync_messages(self._rng.choice(self.seeds), reply=True))
+        return commands
+
+    def _on_reconnect_tick(self, now_s: float) -> list[Command]:
+        # Serf-style reconnect: a member declared dead may only have been cut off (a healed
+        # partition). Show one of them what we believe; if it is alive it refutes, and its
+        # reply brings it back everywhere through gossip.
+        commands: list[Command] = [
+            StartTimer(_RECONNECT_TIMER, now_s + self.knobs.reconnect_interval_s)
+        ]
+        dead = [m for m in self._members.values() if m.state is MemberState.DEAD]
+        if not dead:
+            return commands
+        member = self._rng.choice(dead)
+        records = (self._self_update(MemberState.ALIVE), self._update_for(member, member.state, ""))
+        commands.append(SendMessage(member.info.address, Sync(members=records, reply=True)))
         return commands
 
     def _on_reap_tick(self, now_s: float) -> list[Command]:

@@ -132,6 +132,21 @@ def test_partitioned_halves_declare_each_other_dead_and_heal_by_rediscovery() ->
         assert set(_states_about(cluster, node_id).values()) == {MemberState.ALIVE}
 
 
+def test_healed_partition_reconnects_without_any_mdns_help() -> None:
+    """Members declared dead during a partition come back by reconnect probes alone."""
+    cluster = _seeded_cluster(6)
+    left, right = ["n00", "n01", "n02"], ["n03", "n04", "n05"]
+    for a in left:
+        for b in right:
+            cluster.cut.add(frozenset((a, b)))
+    cluster.run_until(cluster.now_s + 40.0)
+    assert set(_states_about(cluster, "n00").values()) >= {MemberState.DEAD}
+    cluster.cut.clear()
+    cluster.run_until(cluster.now_s + 40.0)
+    for node_id in cluster.nodes:
+        assert set(_states_about(cluster, node_id).values()) == {MemberState.ALIVE}
+
+
 def test_mdns_sighting_is_admitted_only_after_authenticated_contact() -> None:
     """An mDNS record alone admits nobody; a message through the envelope from it does."""
     actor = Discovery(_info("a"), random.Random(1))
