@@ -128,7 +128,26 @@ class MemberChanged:
     incarnation: int
 
 
-Event = MessageReceived | TimerFired | PeerDiscovered | PeerLost | SendFailed | MemberChanged
+@dataclass(frozen=True, slots=True)
+class LeadershipChanged:
+    """Told by the election actor when this peer starts or stops leading `scope`."""
+
+    scope: str
+    capability: str
+    leading: bool
+    term: int
+    leader: NodeId
+
+
+Event = (
+    MessageReceived
+    | TimerFired
+    | PeerDiscovered
+    | PeerLost
+    | SendFailed
+    | MemberChanged
+    | LeadershipChanged
+)
 
 
 # --------------------------------------------------------------------------- commands

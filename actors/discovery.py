@@ -51,6 +51,7 @@ from actors.core import (
     Command,
     CountMetric,
     Event,
+    LeadershipChanged,
     Log,
     LogLevel,
     MemberChanged,
@@ -217,7 +218,7 @@ class Discovery:
                 return [CountMetric("discovery.mdns_goodbye")]
             case SendFailed():
                 return [CountMetric("discovery.send_failed")]
-            case MemberChanged():
+            case MemberChanged() | LeadershipChanged():
                 return []
 
     def leave(self, now_s: float) -> list[Command]:

@@ -99,7 +99,48 @@ class Sync(Message):
     reply: bool
 
 
-MESSAGE_TYPES: tuple[type[Message], ...] = (Ping, Ack, PingReq, Nack, Gossip, Sync)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease(Message):
+    """Leadership of `scope` is held by `leader` with ballot `(term, leader)`; a heartbeat."""
+
+    TAG: ClassVar[str] = "lease"
+    scope: str
+    term: int
+    leader: str
+    interval_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim(Message):
+    """`candidate` intends to lead `scope` with ballot `(term, candidate)`."""
+
+    TAG: ClassVar[str] = "claim"
+    scope: str
+    term: int
+    candidate: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resign(Message):
+    """The leader of `scope` with ballot `(term, leader)` stepped down cleanly."""
+
+    TAG: ClassVar[str] = "resign"
+    scope: str
+    term: int
+    leader: str
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Ping,
+    Ack,
+    PingReq,
+    Nack,
+    Gossip,
+    Sync,
+    Lease,
+    Claim,
+    Resign,
+)
 """Every message class the codec accepts; a tag may appear only once."""
 
 RECORD_TYPES: tuple[type, ...] = (MemberUpdate,)
