@@ -130,13 +130,27 @@ class MemberChanged:
 
 @dataclass(frozen=True, slots=True)
 class LeadershipChanged:
-    """Told by the election actor when this peer starts or stops leading `scope`."""
+    """Told by the election actor when this peer's standing in `scope` changes.
+
+    `leading` is true while this peer holds the scope; `standby_rank` is its 1-based place in
+    the line of succession (0 when it is neither leader nor standby).
+    """
 
     scope: str
     capability: str
     leading: bool
     term: int
     leader: NodeId
+    standby_rank: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpPacketReceived:
+    """A datagram arrived on a ProxyDHCP port: `local` is our address and port (67 or 4011)."""
+
+    payload: bytes
+    source: Address
+    local: Address
 
 
 Event = (
@@ -147,6 +161,7 @@ Event = (
     | SendFailed
     | MemberChanged
     | LeadershipChanged
+    | DhcpPacketReceived
 )
 
 
@@ -210,7 +225,16 @@ class CountMetric:
     amount: int = 1
 
 
-Command = SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric
+@dataclass(frozen=True, slots=True)
+class SendDhcpReply:
+    """Send `payload` from `source` (port 67 or 4011) to `target` (may be a broadcast)."""
+
+    payload: bytes
+    source: Address
+    target: Address
+
+
+Command = SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric | SendDhcpReply
 
 
 # --------------------------------------------------------------------------- the actor shape

@@ -50,6 +50,7 @@ from actors.core import (
     CancelTimer,
     Command,
     CountMetric,
+    DhcpPacketReceived,
     Event,
     LeadershipChanged,
     Log,
@@ -92,6 +93,14 @@ _PRECEDENCE: Final = {
     MemberState.SUSPECT: 1,
     MemberState.DEAD: 2,
     MemberState.LEFT: 2,
+}
+_STATE_OF: Final = {state.value: state for state in MemberState}
+"""Wire text -> state; a dict lookup, where `MemberState(text)` costs an exception on junk."""
+_CHANGED_TEXT: Final = {state: f"member {state.value}" for state in MemberState}
+"""Log text of a member change, built once (the node and incarnation go in the fields)."""
+_CHANGED_LEVEL: Final = {
+    state: LogLevel.INFO if state is MemberState.ALIVE else LogLevel.WARNING
+    for state in MemberState
 }
 
 
@@ -140,6 +149,8 @@ class _Member:
     changed_s: float
     suspicion_start_s: float = 0.0
     confirmations: dict[NodeId, None] = field(default_factory=dict)
+    record: MemberUpdate | None = None
+    """This member's gossip record without a reporter, built on first use after a change."""
 
 
 @dataclass(slots=True)
@@ -168,7 +179,14 @@ class Discovery:
         rng: random.Random,
         knobs: DiscoveryKnobs = DiscoveryKnobs(),
         seeds: tuple[Address, ...] = (),
+        *,
+        known_members: tuple[MemberInfo, ...] = (),
     ) -> None:
+        """`known_members`: a member list restored from an earlier life (for example from
+        disk), taken as ALIVE at incarnation 0 without gossiping it; `start` tells the other
+        actors about them. Probing corrects whatever is stale: a gone member is suspected
+        and declared dead as usual. Members of other sites and this peer itself are skipped.
+        """
         self.self_info = self_info
         self.knobs = knobs
         self.seeds = seeds
@@ -186,6 +204,10 @@ class Discovery:
         self._pending: dict[NodeId, MemberInfo] = {}
         self._leaving = False
         self._gossip_armed = False
+        self._dead_count = 0
+        """Members currently DEAD: the reconnect tick scans the table only when there are any."""
+        for info in known_members:
+            self._restore(info)
 
     # ------------------------------------------------------------------ public API
 
@@ -198,6 +220,9 @@ class Discovery:
             StartTimer(_REAP_TIMER, now_s + self.knobs.dead_member_reap_s),
             StartTimer(_RECONNECT_TIMER, now_s + self.knobs.reconnect_interval_s),
         ]
+        for member in self._members.values():  # restored members: tell, do not gossip
+            member.changed_s = now_s
+            commands.extend(self._announce(member))
         # Announce ourselves cluster-wide (members on other links learn of us by gossip).
         commands.extend(self._queue_broadcast(self._self_update(MemberState.ALIVE), now_s))
         for seed in self.seeds:
@@ -218,7 +243,7 @@ class Discovery:
                 return [CountMetric("discovery.mdns_goodbye")]
             case SendFailed():
                 return [CountMetric("discovery.send_failed")]
-            case MemberChanged() | LeadershipChanged():
+            case MemberChanged() | LeadershipChanged() | DhcpPacketReceived():
                 return []
 
     def leave(self, now_s: float) -> list[Command]:
@@ -450,11 +475,11 @@ class Discovery:
         commands: list[Command] = [
             StartTimer(_RECONNECT_TIMER, now_s + self.knobs.reconnect_interval_s)
         ]
-        dead = [m for m in self._members.values() if m.state is MemberState.DEAD]
-        if not dead:
+        if not self._dead_count:
             return commands
+        dead = [m for m in self._members.values() if m.state is MemberState.DEAD]
         member = self._rng.choice(dead)
-        records = (self._self_update(MemberState.ALIVE), self._update_for(member, member.state, ""))
+        records = (self._self_update(MemberState.ALIVE), _record_of(member))
         commands.append(SendMessage(member.info.address, Sync(members=records, reply=True)))
         return commands
 
@@ -467,7 +492,8 @@ class Discovery:
             and member.changed_s <= horizon_s
         ]
         for node_id in gone:
-            del self._members[node_id]
+            if self._members.pop(node_id).state is MemberState.DEAD:
+                self._dead_count -= 1
             self._live.discard(node_id)
         next_s = now_s + self.knobs.dead_member_reap_s / 4
         return [StartTimer(_REAP_TIMER, next_s), CountMetric("discovery.reaped", len(gone))]
@@ -497,7 +523,7 @@ class Discovery:
         return commands
 
     def _merge(self, update: MemberUpdate, now_s: float) -> list[Command]:
-        state = _parse_state(update.state)
+        state = _STATE_OF.get(update.state)
         if state is None:
             return [CountMetric("discovery.bad_update")]
         if update.node_id == self.self_info.node_id:
@@ -550,12 +576,14 @@ class Discovery:
         previous = member.state
         member.info = info
         member.state = state
+        self._dead_count += (state is MemberState.DEAD) - (previous is MemberState.DEAD)
         if state in _REACHABLE:
             self._live.add(info.node_id)
         else:
             self._live.discard(info.node_id)
         member.incarnation = update.incarnation
         member.changed_s = now_s
+        member.record = None
         member.confirmations = {}
         commands: list[Command] = []
         if previous is MemberState.SUSPECT:
@@ -588,14 +616,24 @@ class Discovery:
         return commands
 
     def _announce(self, member: _Member) -> list[Command]:
-        event = MemberChanged(member.info, member.state, member.incarnation)
-        level = LogLevel.INFO if member.state is MemberState.ALIVE else LogLevel.WARNING
+        state = member.state
+        event = MemberChanged(member.info, state, member.incarnation)
         fields = (("node", member.info.node_id), ("incarnation", member.incarnation))
         commands: list[Command] = [Tell(listener, event) for listener in MEMBER_LISTENERS]
-        commands.append(Log(level, f"member {member.state.value}", fields))
+        commands.append(Log(_CHANGED_LEVEL[state], _CHANGED_TEXT[state], fields))
         return commands
 
     # ------------------------------------------------------------------ helpers
+
+    def _restore(self, info: MemberInfo) -> None:
+        node_id = info.node_id
+        if node_id == self.self_info.node_id or node_id in self._members:
+            return
+        if info.site != self.self_info.site:
+            return
+        self._members[node_id] = _Member(info, MemberState.ALIVE, 0, changed_s=0.0)
+        self._live.add(node_id)
+        self._probe_order.insert(self._rng.randint(0, len(self._probe_order)), node_id)
 
     def _hold_pending(self, info: MemberInfo) -> list[Command]:
         if len(self._pending) >= PENDING_SIGHTINGS_MAX:
@@ -669,9 +707,7 @@ class Discovery:
 
     def _sync_messages(self, address: Address, *, reply: bool) -> list[Command]:
         records = [self._self_update(MemberState.ALIVE)]
-        records.extend(
-            self._update_for(member, member.state, "") for _, member in self._members.items()
-        )
+        records.extend(map(_record_of, self._members.values()))
         commands: list[Command] = []
         for start in range(0, len(records), SYNC_MEMBERS_PER_MESSAGE_MAX):
             chunk = tuple(records[start : start + SYNC_MEMBERS_PER_MESSAGE_MAX])
@@ -702,6 +738,14 @@ def _update(info: MemberInfo, state: MemberState, incarnation: int, reporter: st
     )
 
 
+def _record_of(member: _Member) -> MemberUpdate:
+    """`member`'s current record as gossiped without a reporter (cached until it changes)."""
+    record = member.record
+    if record is None:
+        record = member.record = _update(member.info, member.state, member.incarnation, "")
+    return record
+
+
 def _info_of(update: MemberUpdate) -> MemberInfo:
     return MemberInfo(
         node_id=update.node_id,
@@ -711,13 +755,6 @@ def _info_of(update: MemberUpdate) -> MemberInfo:
         weight=update.weight,
         capabilities=update.capabilities,
     )
-
-
-def _parse_state(text: str) -> MemberState | None:
-    try:
-        return MemberState(text)
-    except ValueError:
-        return None
 
 
 def _supersedes(state: MemberState, incarnation: int, member: _Member) -> bool:

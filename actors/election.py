@@ -50,6 +50,7 @@ from actors.core import (
     ActorName,
     Command,
     CountMetric,
+    DhcpPacketReceived,
     Event,
     LeadershipChanged,
     Log,
@@ -136,6 +137,7 @@ class ScopeElection:
     ballot_before_claim: NodeId = ""
     confirmed: bool = False
     """The ballot we follow was announced by its leader (a lease), not only claimed."""
+    told_rank: int = 0
 
     @property
     def leader(self) -> NodeId:
@@ -341,15 +343,35 @@ class ScopeElection:
             commands.extend(self._announce(now_s, reason))
         return commands
 
-    def _announce(self, now_s: float, reason: str) -> list[Command]:
-        leading = self.role is Role.LEADER
-        event = LeadershipChanged(
+    def standby_changes(self) -> list[Command]:
+        """Tell the listeners when our place in the line of succession changed."""
+        rank = self.standby_rank()
+        if rank == self.told_rank or self.role is Role.LEADER:
+            return []
+        self.told_rank = rank
+        return [Tell(listener, self._standing()) for listener in LEADERSHIP_LISTENERS]
+
+    def standby_rank(self) -> int:
+        """1-based place in the line of succession; 0 when leading or not a standby."""
+        if self.role is Role.LEADER:
+            return 0
+        position = self._position()
+        return position if 0 < position <= self.knobs.standby_count else 0
+
+    def _standing(self) -> LeadershipChanged:
+        return LeadershipChanged(
             scope=self.scope,
             capability=self.capability,
-            leading=leading,
+            leading=self.role is Role.LEADER,
             term=self.ballot[0],
             leader=self.ballot[1],
+            standby_rank=self.standby_rank(),
         )
+
+    def _announce(self, now_s: float, reason: str) -> list[Command]:
+        leading = self.role is Role.LEADER
+        self.told_rank = self.standby_rank()
+        event = self._standing()
         fields = (("scope", self.scope), ("term", self.ballot[0]), ("at_s", now_s))
         level = LogLevel.INFO if leading else LogLevel.WARNING
         commands: list[Command] = [Tell(listener, event) for listener in LEADERSHIP_LISTENERS]
@@ -469,6 +491,12 @@ class Election:
 
     def handle(self, event: Event, now_s: float) -> list[Command]:
         """React to membership, election messages and timers; never raises for remote input."""
+        commands = self._dispatch(event, now_s)
+        for scope in self.scopes.values():
+            commands.extend(scope.standby_changes())
+        return commands
+
+    def _dispatch(self, event: Event, now_s: float) -> list[Command]:
         match event:
             case MemberChanged(member, state, _incarnation):
                 return self._for_scopes_of(member, lambda s: s.on_member(member, state, now_s))
@@ -477,7 +505,13 @@ class Election:
             case TimerFired(name):
                 scope, _, what = name.rpartition(":")
                 return self.scopes[scope].on_timer(what, now_s)
-            case PeerDiscovered() | PeerLost() | SendFailed() | LeadershipChanged():
+            case (
+                PeerDiscovered()
+                | PeerLost()
+                | SendFailed()
+                | LeadershipChanged()
+                | DhcpPacketReceived()
+            ):
                 return []
 
     def resign(self, now_s: float) -> list[Command]:

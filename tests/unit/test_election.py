@@ -305,10 +305,23 @@ def test_lease_for_an_unknown_scope_is_counted() -> None:
     lab = _lab({"a": 90})
     lease = Lease(scope="subnet:192.168.9.0/24", term=1, leader="x", interval_s=0.5)
     commands = lab.nodes["a"].actor.handle(MessageReceived("x", Address("h", 1), lease), 1.0)
-    assert commands == [CountMetric("election.foreign_scope")]
+    assert CountMetric("election.foreign_scope") in commands
 
 
 def test_knobs_reject_a_lease_shorter_than_the_heartbeat() -> None:
     """A lease that lapses between heartbeats is a configuration bug."""
     with pytest.raises(AssertionError):
         ElectionKnobs(heartbeat_interval_s=2.0, lease_timeout_s=1.0)
+
+
+def test_standbys_learn_their_rank_in_the_line_of_succession() -> None:
+    """The boot actor of each standby is told its rank (1 = next in line)."""
+    lab = _lab({"a": 90, "b": 80, "c": 70, "d": 60})
+    lab.run_until(5.0)
+    ranks = {
+        node_id: [c.standby_rank for _, c in node.leadership if not c.leading][-1:]
+        for node_id, node in lab.nodes.items()
+    }
+    assert ranks["b"] == [1]
+    assert ranks["c"] == [2]
+    assert ranks["d"] in ([], [0])
