@@ -27,21 +27,12 @@ import pykka
 from actors.core import ActorName, Address, MessageReceived, NodeId
 from actors.envelope import WireSecurity
 from actors.errors import AuthenticationError, DecodeError
-from actors.messages import Ack, Gossip, Message, Nack, Ping, PingReq, Sync
+from actors.messages import Message
+from actors.routing import MESSAGE_ROUTES
 from transport.metrics import SharedCounters
 from transport.timers import Teller
 
 _LOG = logging.getLogger(__name__)
-
-MESSAGE_ROUTES: Final[dict[type[Message], ActorName]] = {
-    Ping: ActorName.DISCOVERY,
-    Ack: ActorName.DISCOVERY,
-    PingReq: ActorName.DISCOVERY,
-    Nack: ActorName.DISCOVERY,
-    Gossip: ActorName.DISCOVERY,
-    Sync: ActorName.DISCOVERY,
-}
-"""Which actor receives each wire message type. A new message type must be added here."""
 
 RECEIVE_BYTES_MAX: Final = 65_535  # larger than any datagram, so oversize ones are seen whole
 POLL_S: Final = 0.2
