@@ -30,7 +30,12 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
 
         return sim_command
 
-    return {"agent": agent, "sim": sim}
+    def serve() -> Subcommand:
+        from peerpxe import serve_command
+
+        return serve_command
+
+    return {"agent": agent, "sim": sim, "serve": serve}
 
 
 def build_parser() -> argparse.ArgumentParser:

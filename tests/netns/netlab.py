@@ -60,6 +60,18 @@ class AgentProcess:
 
 
 @dataclass
+class LabProcess:
+    """Any long-running process started in a namespace (dnsmasq, `peerpxe serve`)."""
+
+    label: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+@dataclass
 class NetLab:
     """A bridge namespace plus one namespace per subnet host, each with a veth on the bridge."""
 
@@ -67,6 +79,7 @@ class NetLab:
     prefix: str = field(default_factory=lambda: "ppx" + secrets.token_hex(3))
     namespaces: list[str] = field(default_factory=list)
     agents: list[AgentProcess] = field(default_factory=list)
+    processes: list[LabProcess] = field(default_factory=list)
     key_hex: str = field(default_factory=lambda: secrets.token_hex(32))
 
     def __post_init__(self) -> None:
@@ -74,15 +87,17 @@ class NetLab:
         run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
 
-    def add_host(self, label: str, address_cidr: str) -> str:
-        """A namespace with lo up and a veth `eth0` at `address_cidr` on the bridge."""
+    def add_host(self, label: str, address_cidr: str | None) -> str:
+        """A namespace with lo up and a veth `eth0` at `address_cidr` on the bridge (no
+        address when None: a booting client's interface)."""
         namespace = self._add_namespace(label)
         outside = f"{self.prefix}{label}"[:15]
         run("ip", "link", "add", "eth0", "netns", namespace, "type", "veth",
             "peer", "name", outside, "netns", self.bridge_ns)  # fmt: skip
         run("ip", "-n", self.bridge_ns, "link", "set", outside, "master", "br0", "up")
         run("ip", "-n", namespace, "link", "set", "lo", "up")
-        run("ip", "-n", namespace, "addr", "add", address_cidr, "dev", "eth0")
+        if address_cidr is not None:
+            run("ip", "-n", namespace, "addr", "add", address_cidr, "dev", "eth0")
         run("ip", "-n", namespace, "link", "set", "eth0", "up", "multicast", "on")
         run("ip", "-n", namespace, "route", "add", "224.0.0.0/4", "dev", "eth0")
         return namespace
@@ -106,6 +121,18 @@ class NetLab:
         self.agents.append(agent)
         return agent
 
+    def spawn(self, namespace: str, label: str, command: list[str]) -> LabProcess:
+        """Run `command` in `namespace`, output to `<label>.log`; stopped by `close()`."""
+        log_file = self.workdir / f"{label}.log"
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, *command],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        started = LabProcess(label, process, log_file)
+        self.processes.append(started)
+        return started
+
     def wait_for(self, predicate: Any, timeout_s: float) -> float | None:
         """Seconds until `predicate()` held, or None after `timeout_s`."""
         started = time.monotonic()
@@ -119,15 +146,17 @@ class NetLab:
         return "\n".join(f"--- {agent.node_id}\n{agent.log()[-3000:]}" for agent in self.agents)
 
     def close(self) -> None:
-        for agent in self.agents:
-            if agent.process.poll() is None:
-                agent.process.send_signal(signal.SIGTERM)
-        for agent in self.agents:
+        running = [agent.process for agent in self.agents]
+        running += [started.process for started in self.processes]
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in running:
             try:
-                agent.process.wait(timeout=10)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                agent.process.kill()
-                agent.process.wait()
+                process.kill()
+                process.wait()
         for namespace in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
 
