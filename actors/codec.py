@@ -18,7 +18,10 @@ import. Encode reads the fields with one `operator.attrgetter` per class and let
 fields at once (`msgpack` yields exact `int`, `str`, `bytes`, `bool`, `float`, `tuple`, so
 `type(v) is int` also refuses `bool`), converts only the fields that need it (records,
 tuples), and falls back to the per-field checkers, which name the offending field, only when
-that comparison fails.
+that comparison fails. Records whose fields make it safe (`_memoizable`) are remembered by
+their wire array, up to `RECORD_MEMO_MAX` per class: gossip and `Sync` carry the same few
+member records over and over, and a hit costs one type comparison and one dict lookup. The
+records are frozen, so sharing one instance between messages changes nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ WIRE_VERSION: Final = 1
 
 MAX_DATAGRAM_BYTES: Final = 1400
 """One message must fit one UDP datagram under a 1500-byte Ethernet MTU (memberlist uses 1400)."""
+
+RECORD_MEMO_MAX: Final = 4096
+"""Built records remembered per record class (decoded gossip repeats the same few a lot)."""
 
 Checker = Callable[[Any], Any]
 """Validates one decoded value and returns it converted (arrays to tuples or records)."""
@@ -138,6 +144,9 @@ class _ClassSpec:
     slot_setters: tuple[Callable[[object, Any], None], ...] | None
     """Slot descriptors' setters in field order, when setting them is all `__init__` does."""
     post_init: Callable[[object], None] | None
+    memo: dict[tuple[Any, ...], object] | None
+    """Records already built, by their wire array, when equal arrays of the exact wire types
+    can only mean equal values (see `_memoizable`); None for every other class."""
 
     def build_from_map(self, fields: dict[Any, Any]) -> object:
         try:
@@ -151,6 +160,19 @@ class _ClassSpec:
     def build_from_array(self, items: object) -> object:
         if type(items) is not tuple or not self.items_min <= len(items) <= len(self.names):
             raise DecodeError(f"{self.cls.__name__}: expected {len(self.names)} items")
+        memo = self.memo
+        if memo is not None and tuple(map(type, items)) == self.wire_types:
+            try:
+                return memo[items]
+            except KeyError:
+                pass
+            except TypeError:
+                return self._build_all(items)  # raises: an unhashable (so invalid) item
+            built = self._build_all(items)
+            if len(memo) >= RECORD_MEMO_MAX:
+                memo.clear()
+            memo[items] = built
+            return built
         if len(items) < len(self.names):
             names = self.names[: len(items)]
             checkers = self.checkers[: len(items)]
@@ -311,7 +333,26 @@ def _compile(cls: type) -> _ClassSpec:
         items_min=max((index + 1 for index, needed in enumerate(required) if needed), default=0),
         slot_setters=_slot_setters(cls, fields),
         post_init=getattr(cls, "__post_init__", None),
+        memo={} if _memoizable([hints[f.name] for f in fields]) else None,
     )
+
+
+def _memoizable(annotations: list[Any]) -> bool:
+    """Whether equal wire arrays of the exact wire types always hold equal, valid-alike values.
+
+    True for fields of `int`, `str`, `bytes`, `bool` and tuples of `str` or `bytes`: once the
+    top-level types match exactly, `==` cannot confuse `True` with `1` or `1.0` (the
+    top-level types are exact), and a `str` or `bytes` item equals only its own kind. Floats
+    (`-0.0 == 0.0`), tuples of ints and nested records are left out.
+    """
+    for annotation in annotations:
+        if annotation in _PLAIN_TYPES:
+            continue
+        arguments = typing.get_args(annotation)
+        if typing.get_origin(annotation) is tuple and arguments in ((str, ...), (bytes, ...)):
+            continue
+        return False
+    return True
 
 
 def _slot_setters(

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from actors.messages import MemberUpdate
 
@@ -37,33 +36,60 @@ def suspicion_timeout_s(
     return max(timeout_s_min, timeout_s_max - (timeout_s_max - timeout_s_min) * fraction)
 
 
-@dataclass(slots=True)
-class _Pending:
-    update: MemberUpdate
-    sent: int
-
-
 class BroadcastQueue:
-    """Updates to piggyback; one entry per member, the newest replacing older ones."""
+    """Updates to piggyback; one entry per member, the newest replacing older ones.
+
+    Entries live in buckets by send count, each bucket a dict in insertion order, so `take`
+    walks the least-sent buckets first and never sorts: O(taken + buckets), not O(queue). The
+    order is exactly "fewest sends first, then oldest push first": an entry moves to the end
+    of the next bucket when taken, and entries taken earlier were pushed earlier (one pushed
+    later never overtakes one pushed before it, as it is always at a count at most as high).
+    """
+
+    __slots__ = ("_buckets", "_sent")
 
     def __init__(self) -> None:
-        self._pending: dict[str, _Pending] = {}
+        self._buckets: list[dict[str, MemberUpdate]] = []
+        self._sent: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._sent)
 
     def push(self, update: MemberUpdate) -> None:
         """Queue `update`, replacing any older update about the same member."""
-        self._pending.pop(update.node_id, None)
-        self._pending[update.node_id] = _Pending(update=update, sent=0)
+        node_id = update.node_id
+        sent = self._sent.pop(node_id, None)
+        if sent is not None:
+            del self._buckets[sent][node_id]
+        if not self._buckets:
+            self._buckets.append({})
+        self._buckets[0][node_id] = update
+        self._sent[node_id] = 0
 
     def take(self, count_max: int, limit: int) -> tuple[MemberUpdate, ...]:
         """Up to `count_max` updates, least-sent first; each dropped after `limit` sends."""
-        if not self._pending or count_max <= 0:
+        if not self._sent or count_max <= 0:
             return ()
-        chosen = sorted(self._pending.values(), key=lambda pending: pending.sent)[:count_max]
-        for pending in chosen:
-            pending.sent += 1
-            if pending.sent >= limit:
-                del self._pending[pending.update.node_id]
-        return tuple(pending.update for pending in chosen)
+        chosen: list[tuple[int, str, MemberUpdate]] = []
+        for sent, bucket in enumerate(self._buckets):
+            for node_id, update in bucket.items():
+                chosen.append((sent, node_id, update))
+                if len(chosen) == count_max:
+                    break
+            if len(chosen) == count_max:
+                break
+        for sent, node_id, update in chosen:
+            self._promote(sent, node_id, update, limit)
+        return tuple(update for _, _, update in chosen)
+
+    def _promote(self, sent: int, node_id: str, update: MemberUpdate, limit: int) -> None:
+        buckets = self._buckets
+        del buckets[sent][node_id]
+        sent += 1
+        if sent >= limit:
+            del self._sent[node_id]
+            return
+        if sent == len(buckets):
+            buckets.append({})
+        buckets[sent][node_id] = update
+        self._sent[node_id] = sent
