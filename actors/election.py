@@ -336,8 +336,7 @@ class ScopeElection:
         if was_leading:
             commands = [SendMessage(c.info.address, resign) for c in self._standbys()]
         self.role = Role.FOLLOWER
-        self.ballot = NO_BALLOT
-        self.confirmed = False
+        self.confirmed = False  # the ballot stays, for the log line and ordering
         self.lease_until_s = now_s
         if was_leading:
             commands.extend(self._announce(now_s, reason))

@@ -3,14 +3,24 @@
 This module is the composition root of the real agent: it reads `agent.toml`, draws the
 only randomness seed (`os.urandom`), picks the envelope epoch (`time.time_ns() // 1000`, so
 it grows across restarts and old envelopes of a previous run are refused as stale), builds
-the discovery actor and hands it to `transport.host.Peer`.
+the discovery, election and boot actors and hands them to `transport.host.Peer`.
+
+Self-healing PXE responder: when `[boot]` is enabled and the boot files are under
+`boot.root` (and weight > 0), the agent is responder-eligible: it advertises the `responder`
+capability, serves the files over TFTP and HTTP (every eligible peer does: one answerer,
+many servers) and listens on UDP 67/4011 in forwarding mode, every datagram told to the boot
+actor, which answers only while the election actor says this peer leads the subnet (or, as
+rank-1 standby, a client's retry). Replies come back as `SendDhcpReply` commands, sent by
+the same sockets.
 
 While running it logs membership changes and, with `--status-file`, rewrites a JSON status
-(members with their states, counters such as `dropped.bad_mac`) atomically every
-`--status-interval-s`: write a temporary file, fsync, rename. On SIGTERM/SIGINT it announces
-LEFT to the cluster, sends the mDNS goodbye, stops every thread and exits 0. A configuration
-error is one line on stderr and exit status 2; a runtime failure (cannot bind, mDNS name
-conflict, the discovery actor died) is logged and exits 1.
+(members with their states, the responder standing, counters such as `dropped.bad_mac`)
+atomically every `--status-interval-s`: write a temporary file, fsync, rename. On
+SIGTERM/SIGINT it resigns leadership (`Resign`: a standby takes over at once instead of
+waiting for the lease to lapse), stops answering ProxyDHCP, announces LEFT to the cluster,
+sends the mDNS goodbye, stops every thread and exits 0. A configuration error is one line on
+stderr and exit status 2; a runtime failure (cannot bind, mDNS name conflict, an actor died)
+is logged and exits 1.
 """
 
 from __future__ import annotations
@@ -24,12 +34,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import random
+
+    from actors.core import DhcpPacketReceived, MemberInfo
     from actors.discovery import MemberView
     from peerpxe.config import AgentConfig
+    from transport.boot_server import BootServer, BootSettings
     from transport.host import Peer
 
 HELP = "run the peerpxe agent in the foreground (membership via mDNS and seeds)"
@@ -88,22 +103,45 @@ def _configure_logging(level: str) -> None:
 
 
 class Agent:
-    """One running agent: a `Peer` hosting discovery, plus status reporting."""
+    """One running agent: a `Peer` hosting discovery, election and boot, plus the boot
+    servers (TFTP, HTTP, ProxyDHCP) when it may serve, plus status reporting.
 
-    def __init__(self, config: AgentConfig, status_file: Path | None, interval_s: float) -> None:
+    `boot_overrides` replaces fields of the `BootSettings` built from the configuration
+    (loopback tests move ports 67/4011 and skip `SO_BINDTODEVICE` with it).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        status_file: Path | None,
+        interval_s: float,
+        *,
+        boot_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        from peerpxe.config import responder_problems
+
         self.config = config
         self.status_file = status_file
         self.interval_s = interval_s
         self.epoch = time.time_ns() // 1000
+        self.boot_overrides = dict(boot_overrides or {})
+        self.responder_problems = responder_problems(config)
+        self.peer: Peer | None = None
+        self.boot_server: BootServer | None = None
         self._stop = threading.Event()
         self._states: dict[str, str] = {}
+
+    @property
+    def responder_eligible(self) -> bool:
+        """May this agent be elected the subnet's PXE responder?"""
+        return not self.responder_problems
 
     def run(self) -> int:
         """Start, report until a stop signal, stop cleanly; the process exit status."""
         from zeroconf import Error as ZeroconfError
 
         try:
-            peer = self._start_peer()
+            peer = self.start()
         except (OSError, ZeroconfError) as error:
             _LOG.error("cannot start: %s", error)
             return EXIT_RUNTIME_ERROR
@@ -112,17 +150,59 @@ class Agent:
         try:
             status = self._report_until_stopped(peer)
         finally:
-            _LOG.info("stopping: leaving the cluster")
-            peer.stop(leave=True)
-            self._write_status(peer, members=[], running=False)
+            self.stop()
             _LOG.info("stopped")
         return status
 
-    def _start_peer(self) -> Peer:
-        import random
+    def start(self) -> Peer:
+        """Start the peer and its actors, then the boot servers; stop all on failure."""
+        self._log_eligibility()
+        peer = self._start_peer()
+        self.peer = peer
+        try:
+            self.boot_server = self._start_boot_server(peer)
+        except BaseException:
+            peer.stop()
+            raise
+        return peer
 
-        from actors.core import Address, MemberInfo
+    def stop(self, *, clean: bool = True) -> None:
+        """Resign, stop ProxyDHCP, leave, stop (`clean`); or just stop, like a crash."""
+        peer = self.peer
+        if peer is None:
+            return
+        if clean:
+            _LOG.info("stopping: resigning and leaving the cluster")
+            self._resign(peer)
+        if self.boot_server is not None:
+            self.boot_server.stop()
+        peer.stop(leave=clean)
+        self._write_status(peer, members=[], running=False)
+
+    def _resign(self, peer: Peer) -> None:
+        import pykka
+
+        from actors.core import ActorName
+
+        if not peer.is_hosting(ActorName.ELECTION):
+            return
+        try:
+            peer.resign()
+        except (pykka.ActorDeadError, pykka.Timeout) as error:
+            _LOG.warning("resignation not sent: %r", error)
+
+    def _log_eligibility(self) -> None:
+        if self.responder_eligible:
+            _LOG.info("responder-eligible: boot files present under %s", self.config.boot.root)
+        elif self.config.boot.enabled:
+            _LOG.warning("not responder-eligible: %s", "; ".join(self.responder_problems))
+
+    def _start_peer(self) -> Peer:
+        from actors.boot.actor import Boot, BootKnobs
+        from actors.core import Address
         from actors.discovery import Discovery
+        from actors.election import Election
+        from transport.boot_server import boot_policy
         from transport.host import Peer, PeerSettings
 
         config = self.config
@@ -134,26 +214,30 @@ class Agent:
             mdns_interfaces=(config.address,) if config.mdns else None,
         )
         peer = Peer(settings)
-        self_info = MemberInfo(
-            node_id=config.node_id,
-            site=config.site,
-            subnet=config.subnet,
-            address=peer.address,
-            weight=config.weight,
-            capabilities=config.capabilities,
-        )
-        # The one place real randomness enters: every logic object gets a seeded Random.
-        rng = random.Random(int.from_bytes(os.urandom(16), "big"))  # noqa: S311 - not crypto
+        self_info = self._member_info(peer.address)
+        # The one place real randomness enters: every logic object gets its own seeded Random.
+        seed = os.urandom(16).hex()
+        rngs = {name: _rng(f"{seed}:{config.node_id}:{name}") for name in ("discovery", "election")}
         # One seed list usually serves every machine: do not seed ourselves.
         seeds = tuple(seed for seed in config.seeds if seed != peer.address)
-        discovery = Discovery(self_info, rng, config.knobs, seeds)
+        discovery = Discovery(self_info, rngs["discovery"], config.knobs, seeds)
+        election = Election(
+            self_info,
+            rngs["election"],
+            config.election,
+            responder_eligible=self.responder_eligible,
+        )
+        boot_knobs = BootKnobs(answer_retries_as_standby=config.boot.answer_retries_as_standby)
+        policy = boot_policy(self._boot_settings())
+        boot = Boot(self_info, policy, self._boot_settings().server, boot_knobs)
         try:
-            peer.start([discovery], advertise=self_info)
+            peer.start([discovery, election, boot], advertise=self_info)
         except BaseException:
             peer.stop()
             raise
         _LOG.info(
-            "started node=%s address=%s:%d site=%s subnet=%s mdns=%s seeds=%d epoch=%d",
+            "started node=%s address=%s:%d site=%s subnet=%s mdns=%s seeds=%d epoch=%d"
+            " responder_eligible=%s",
             config.node_id,
             peer.address.host,
             peer.address.port,
@@ -162,8 +246,65 @@ class Agent:
             config.mdns,
             len(config.seeds),
             self.epoch,
+            self.responder_eligible,
         )
         return peer
+
+    def _member_info(self, address: Any) -> MemberInfo:
+        from actors.core import MemberInfo
+        from actors.election import RESPONDER_CAPABILITY
+
+        config = self.config
+        # "responder" is a claim others act on: it comes from eligibility, never from tags.
+        capabilities = tuple(c for c in config.capabilities if c != RESPONDER_CAPABILITY)
+        if self.responder_eligible:
+            capabilities += (RESPONDER_CAPABILITY,)
+        return MemberInfo(
+            node_id=config.node_id,
+            site=config.site,
+            subnet=config.subnet,
+            address=address,
+            weight=config.weight,
+            capabilities=capabilities,
+        )
+
+    def _boot_settings(self) -> BootSettings:
+        import dataclasses
+
+        from transport.boot_server import BootSettings
+
+        boot = self.config.boot
+        settings = BootSettings(
+            root=boot.root or Path(),
+            server=boot.server,
+            bind=boot.server,
+            dhcp_interface=boot.interface if self.responder_eligible else None,
+            bios_file=boot.files.get("bios"),
+            efi64_file=boot.files.get("efi64"),
+            arm64_file=boot.files.get("arm64"),
+            ipxe_script=boot.ipxe_script,
+            http_port=boot.http_port,
+            tftp_port=boot.tftp_port,
+        )
+        return dataclasses.replace(settings, **self.boot_overrides)
+
+    def _start_boot_server(self, peer: Peer) -> BootServer | None:
+        """TFTP + HTTP (+ ProxyDHCP forwarding to the boot actor when eligible), or None when
+        there is nothing to serve (boot disabled or files missing)."""
+        from peerpxe.config import missing_boot_files
+        from transport.boot_server import build_boot_server
+        from transport.dhcp_socket import ProxyDhcpServer
+
+        if not self.config.boot.enabled or missing_boot_files(self.config.boot):
+            return None
+        server = build_boot_server(
+            self._boot_settings(), peer.counters, on_dhcp_packet=_teller_to_boot(peer)
+        )
+        proxy = server.component(ProxyDhcpServer.name)
+        if isinstance(proxy, ProxyDhcpServer):
+            peer.attach_dhcp(proxy)
+        server.start()
+        return server
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum: int, _frame: object) -> None:
@@ -177,14 +318,19 @@ class Agent:
         from actors.core import ActorName
 
         while True:
-            if not peer.is_hosting(ActorName.DISCOVERY):
-                _LOG.error("the discovery actor stopped; exiting")
-                return EXIT_RUNTIME_ERROR
-            members = _members(peer)
-            self._log_changes(members)
-            self._write_status(peer, members, running=True)
+            for name in (ActorName.DISCOVERY, ActorName.ELECTION, ActorName.BOOT):
+                if not peer.is_hosting(name):
+                    _LOG.error("the %s actor stopped; exiting", name.value)
+                    return EXIT_RUNTIME_ERROR
+            self.report(peer)
             if self._stop.wait(self.interval_s):
                 return EXIT_OK
+
+    def report(self, peer: Peer) -> None:
+        """Log membership changes and rewrite the status file (one status interval's work)."""
+        members = _members(peer)
+        self._log_changes(members)
+        self._write_status(peer, members, running=True)
 
     def _log_changes(self, members: list[MemberView]) -> None:
         for view in members:
@@ -207,10 +353,61 @@ class Agent:
         if self.status_file is None:
             return
         status = status_document(self.config, peer, members, running=running, epoch=self.epoch)
+        status["responder"] = responder_status(peer, eligible=self.responder_eligible)
         try:
             write_atomically(self.status_file, json.dumps(status, indent=2, sort_keys=True))
         except OSError as error:
             _LOG.warning("cannot write status file %s: %s", self.status_file, error)
+
+
+def _rng(seed: str) -> random.Random:
+    import random
+
+    return random.Random(seed)  # noqa: S311 - not crypto
+
+
+def _teller_to_boot(peer: Peer) -> Any:
+    """The ProxyDHCP callback: tell each datagram to the boot actor (counted if it is gone)."""
+    import pykka
+
+    from actors.core import ActorName
+
+    def tell(event: DhcpPacketReceived) -> None:
+        try:
+            peer.tell(ActorName.BOOT, event)
+        except pykka.ActorDeadError:
+            peer.counters.add("dhcp.no_actor")
+
+    return tell
+
+
+def responder_status(peer: Peer, *, eligible: bool) -> dict[str, Any]:
+    """This peer's standing in its subnet's responder election, read on the actor's thread.
+
+    `role` is leader, candidate or follower; `leader` the node followed or held ("" when
+    none is known); `standby_rank` the 1-based place in the line of succession (0: none).
+    """
+    import pykka
+
+    from actors.core import ActorName
+
+    def standing(logic: Any) -> dict[str, Any]:
+        scope = logic.responder
+        return {
+            "role": scope.role.value,
+            "term": scope.ballot[0],
+            "leader": scope.leader,
+            "standby_rank": scope.standby_rank(),
+        }
+
+    document: dict[str, Any] = {"role": "follower", "term": 0, "leader": "", "standby_rank": 0}
+    if peer.is_hosting(ActorName.ELECTION):
+        try:
+            found: Any = peer.inspect(ActorName.ELECTION, standing)
+            document = found
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+    return {**document, "eligible": eligible}
 
 
 def _members(peer: Peer) -> list[MemberView]:

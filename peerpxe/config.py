@@ -11,6 +11,10 @@ fall back to a default). See docs/agent-config.md for every key.
 
 Machine facts (the interface's address and netmask, the default route) are read through a
 `NetworkInfo`, so tests can load configurations without depending on the host's interfaces.
+
+`[election]` holds the `ElectionKnobs` and `[boot]` the PXE responder settings (`BootConfig`);
+whether the agent may answer PXE clients (`responder_problems`) is decided at start, from the
+files actually present under `boot.root`.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import struct
 import tomllib
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from actors.boot.tftp_paths import PathRefusal, validate_read_path
 from actors.core import NODE_ID_BYTES_MAX, Address
 from actors.discovery import DiscoveryKnobs
+from actors.election import ElectionKnobs
 from actors.envelope import CLUSTER_KEY_BYTES_MIN
 
 DEFAULT_PORT: Final = 7947
@@ -39,6 +45,10 @@ DEFAULT_PORT: Final = 7947
 WEIGHT_MAX: Final = 100
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _DISCOVERY_KEYS: Final = ("seeds", "mdns")
+BOOT_FILE_KEYS: Final = ("bios", "efi64", "arm64")
+
+
+_Knobs = typing.TypeVar("_Knobs", DiscoveryKnobs, ElectionKnobs)
 
 
 class ConfigError(Exception):
@@ -50,6 +60,26 @@ class ConfigError(Exception):
         self.path = path
         self.line = line
         self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class BootConfig:
+    """The `[boot]` section: what this agent serves and answers when it is the responder.
+
+    `files` maps `bios`/`efi64`/`arm64` to root-relative paths (validated, not checked for
+    existence: see `responder_problems`); `server` is the IPv4 address of `interface`, the
+    address PXE clients are sent to.
+    """
+
+    enabled: bool = False
+    interface: str = ""
+    server: str = ""
+    root: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    ipxe_script: str | None = None
+    tftp_port: int = 69
+    http_port: int = 8080
+    answer_retries_as_standby: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +102,30 @@ class AgentConfig:
     knobs: DiscoveryKnobs
     log_level: str
     warnings: tuple[str, ...] = ()
+    election: ElectionKnobs = field(default_factory=ElectionKnobs)
+    boot: BootConfig = field(default_factory=BootConfig)
+
+
+def responder_problems(config: AgentConfig) -> list[str]:
+    """Why this agent may not be the subnet's PXE responder (empty: it may).
+
+    Eligible means: `[boot] enabled`, weight > 0, and every configured boot file (and the
+    iPXE script) present as a regular file under `boot.root`. Until content replication
+    exists, the files are whatever the operator put there.
+    """
+    if not config.boot.enabled:
+        return ["boot.enabled is false"]
+    problems = [] if config.weight > 0 else ["agent.weight is 0 (never responder)"]
+    return problems + missing_boot_files(config.boot)
+
+
+def missing_boot_files(boot: BootConfig) -> list[str]:
+    """What is missing under `boot.root` for serving the configured files (empty: nothing)."""
+    if boot.root is None or not boot.root.is_dir():
+        return [f"boot.root {boot.root} is not a directory"]
+    named = [*boot.files.values(), *([boot.ipxe_script] if boot.ipxe_script else [])]
+    missing = [relative for relative in named if not (boot.root / relative).is_file()]
+    return [f"{relative} is missing under boot.root {boot.root}" for relative in missing]
 
 
 class NetworkInfo(Protocol):
@@ -205,14 +259,23 @@ def _log_level(value: Any) -> str:
     return str(value)
 
 
-def _knob_checks() -> dict[str, Check]:
-    """One check per `DiscoveryKnobs` field, from its annotation (new knobs need no code here)."""
-    hints = typing.get_type_hints(DiscoveryKnobs)
+def _boot_path(value: Any) -> str:
+    relative = validate_read_path(_string(value))
+    if isinstance(relative, PathRefusal):
+        raise ValueError(f"expected a path relative to boot.root, got {_got(value)} ({relative})")
+    return relative
+
+
+def _knob_checks(knobs: type[Any], minimums: dict[str, int] | None = None) -> dict[str, Check]:
+    """One check per field of the knobs dataclass, from its annotation (new knobs need no code
+    here): float fields are positive numbers, int fields integers >= 0 (or the minimum)."""
+    hints = typing.get_type_hints(knobs)
     checks: dict[str, Check] = {}
-    for knob in dataclasses.fields(DiscoveryKnobs):
+    for knob in dataclasses.fields(knobs):
         kind = hints[knob.name]
         assert kind in (int, float), f"knob {knob.name}: unsupported type {kind}"
-        checks[knob.name] = _positive_number if kind is float else _integer_in(0, 1_000_000)
+        low = (minimums or {}).get(knob.name, 0)
+        checks[knob.name] = _positive_number if kind is float else _integer_in(low, 1_000_000)
     return checks
 
 
@@ -233,13 +296,26 @@ _SECURITY_CHECKS: Final[dict[str, Check]] = {"cluster_key_file": _string}
 _DISCOVERY_CHECKS: Final[dict[str, Check]] = {
     "seeds": _string_list(_seed),
     "mdns": _boolean,
-    **_knob_checks(),
+    **_knob_checks(DiscoveryKnobs),
+}
+_ELECTION_CHECKS: Final[dict[str, Check]] = _knob_checks(ElectionKnobs, {"standby_count": 1})
+_BOOT_CHECKS: Final[dict[str, Check]] = {
+    "enabled": _boolean,
+    "interface": _string,
+    "root": _string,
+    **dict.fromkeys(BOOT_FILE_KEYS, _boot_path),
+    "ipxe_script": _boot_path,
+    "tftp_port": _integer_in(1, 65_535),
+    "http_port": _integer_in(1, 65_535),
+    "answer_retries_as_standby": _boolean,
 }
 _LOG_CHECKS: Final[dict[str, Check]] = {"level": _log_level}
 SCHEMA: Final[dict[str, dict[str, Check]]] = {
     "agent": _AGENT_CHECKS,
     "security": _SECURITY_CHECKS,
     "discovery": _DISCOVERY_CHECKS,
+    "election": _ELECTION_CHECKS,
+    "boot": _BOOT_CHECKS,
     "log": _LOG_CHECKS,
 }
 """Every section and key `agent.toml` accepts."""
@@ -274,9 +350,11 @@ class _Loader:
             cluster_key_file=key_file,
             seeds=discovery.get("seeds", ()),
             mdns=discovery.get("mdns", True),
-            knobs=self._knobs(discovery),
+            knobs=self._knobs("discovery", DiscoveryKnobs, discovery),
             log_level=values["log"].get("level", "info"),
             warnings=tuple(self.warnings),
+            election=self._knobs("election", ElectionKnobs, values["election"]),
+            boot=self._boot(values["boot"], interface, address),
         )
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -354,29 +432,63 @@ class _Loader:
             )
         return key_file, key
 
-    def _knobs(self, discovery: dict[str, Any]) -> DiscoveryKnobs:
-        overrides = {key: value for key, value in discovery.items() if key not in _DISCOVERY_KEYS}
-        defaults = DiscoveryKnobs()
-        merged = {knob.name: getattr(defaults, knob.name) for knob in dataclasses.fields(defaults)}
+    def _knobs(self, section: str, knobs: type[_Knobs], values: dict[str, Any]) -> _Knobs:
+        overrides = {key: value for key, value in values.items() if key not in _DISCOVERY_KEYS}
+        defaults = knobs()
+        merged: dict[str, Any] = {
+            knob.name: getattr(defaults, knob.name) for knob in dataclasses.fields(defaults)
+        }
         merged.update(overrides)
-        for smaller, larger, strict in _KNOB_ORDER:
+        for smaller, larger, strict in _KNOB_ORDER[section]:
             if merged[smaller] > merged[larger] or (strict and merged[smaller] == merged[larger]):
                 culprit = smaller if smaller in overrides else larger
                 relation = "less than" if strict else "at most"
                 raise self.error(
-                    f"discovery.{culprit}",
+                    f"{section}.{culprit}",
                     f"{smaller} ({merged[smaller]}) must be {relation} {larger} ({merged[larger]})",
                 )
         try:
-            return DiscoveryKnobs(**overrides)
+            return knobs(**overrides)
         except AssertionError:
-            raise self.error("discovery", "the knob values are inconsistent") from None
+            raise self.error(section, "the knob values are inconsistent") from None
+
+    def _boot(self, boot: dict[str, Any], agent_interface: str, agent_address: str) -> BootConfig:
+        enabled = boot.get("enabled", False)
+        interface = boot.get("interface", agent_interface)
+        server = agent_address
+        if interface != agent_interface:
+            found = self.network.interface_ipv4(interface)
+            if found is None:
+                raise self.error("boot.interface", f"{interface} has no IPv4 address")
+            server = found[0]
+        root: Path | None = None
+        if "root" in boot:
+            root = self.path.parent / Path(boot["root"]).expanduser()
+        elif enabled:
+            raise self.error("boot.enabled", "boot.root is required when boot is enabled")
+        files: dict[str, str] = {key: boot[key] for key in BOOT_FILE_KEYS if key in boot}
+        if enabled and not files:
+            raise self.error("boot.enabled", "give at least one of boot.bios, efi64, arm64")
+        return BootConfig(
+            enabled=enabled,
+            interface=interface,
+            server=server,
+            root=root,
+            files=files,
+            ipxe_script=boot.get("ipxe_script"),
+            tftp_port=boot.get("tftp_port", 69),
+            http_port=boot.get("http_port", 8080),
+            answer_retries_as_standby=boot.get("answer_retries_as_standby", True),
+        )
 
 
-_KNOB_ORDER: Final = (
-    ("probe_timeout_s", "probe_interval_s", True),
-    ("suspicion_timeout_s_min", "suspicion_timeout_s_max", False),
-)
+_KNOB_ORDER: Final[dict[str, tuple[tuple[str, str, bool], ...]]] = {
+    "discovery": (
+        ("probe_timeout_s", "probe_interval_s", True),
+        ("suspicion_timeout_s_min", "suspicion_timeout_s_max", False),
+    ),
+    "election": (("heartbeat_interval_s", "lease_timeout_s", True),),
+}
 
 
 def parse_key(data: bytes) -> bytes:

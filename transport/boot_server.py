@@ -7,7 +7,9 @@ ordered list of components that each have `start()` and `stop()` and run their o
 
 1. TFTP (when `transport/tftp_server.py` exists: see `_tftp_component`),
 2. HTTP (`HttpFileServer`: files under the root, plus the in-memory iPXE script if any),
-3. ProxyDHCP (`ProxyDhcpServer`, unless `dhcp_interface` is None).
+3. ProxyDHCP (`ProxyDhcpServer`, unless `dhcp_interface` is None): answering inline
+   (`peerpxe serve`), or, given `on_dhcp_packet`, forwarding every datagram to it
+   (`peerpxe agent`: the boot actor decides, and only the elected responder answers).
 
 File servers start first and ProxyDHCP last, so a client is never pointed at a server that
 is not listening yet; `stop()` goes in reverse order, so ProxyDHCP falls silent before the
@@ -27,13 +29,13 @@ import importlib
 import importlib.util
 import logging
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from actors.boot.proxy_dhcp import ArchClass, ProxyPolicy
-from actors.core import Address
+from actors.core import Address, DhcpPacketReceived
 from transport.dhcp_socket import DhcpListen, ProxyDhcpServer
 from transport.http_server import HttpFileServer
 from transport.metrics import SharedCounters
@@ -64,7 +66,7 @@ class BootSettings:
     server: str
     #: the address the HTTP and TFTP servers bind (may be 0.0.0.0)
     bind: str
-    #: the interface ProxyDHCP answers on; None = no ProxyDHCP
+    #: the interface ProxyDHCP answers on; None = no ProxyDHCP; "" = any (loopback tests)
     dhcp_interface: str | None
     bios_file: str | None = None
     efi64_file: str | None = None
@@ -76,6 +78,8 @@ class BootSettings:
     http_port: int = 80
     tftp_port: int = 69
     dhcp_ports: tuple[int, int] = (67, 4011)
+    #: the address port 67 binds (a wildcard: broadcasts only reach that); tests use loopback
+    dhcp_bind_67: str = "0.0.0.0"  # noqa: S104
 
 
 def boot_policy(settings: BootSettings) -> ProxyPolicy:
@@ -132,8 +136,14 @@ class BootServer:
         return next((item for item in self.components if item.name == name), None)
 
 
-def build_boot_server(settings: BootSettings, counters: SharedCounters) -> BootServer:
-    """TFTP (if built), HTTP and ProxyDHCP (if an interface is given), ready to start."""
+def build_boot_server(
+    settings: BootSettings,
+    counters: SharedCounters,
+    *,
+    on_dhcp_packet: Callable[[DhcpPacketReceived], None] | None = None,
+) -> BootServer:
+    """TFTP (if built), HTTP and ProxyDHCP (if an interface is given), ready to start;
+    ProxyDHCP forwards datagrams to `on_dhcp_packet` when it is given."""
     components: list[Component] = []
     tftp = _tftp_component(settings, counters)
     if tftp is not None:
@@ -148,8 +158,17 @@ def build_boot_server(settings: BootSettings, counters: SharedCounters) -> BootS
     )
     if settings.dhcp_interface is not None:
         port_67, port_4011 = settings.dhcp_ports
-        listen = DhcpListen(settings.server, settings.dhcp_interface, port_67, port_4011)
-        components.append(ProxyDhcpServer(listen, boot_policy(settings), counters=counters))
+        listen = DhcpListen(
+            settings.server,
+            settings.dhcp_interface or None,
+            port_67,
+            port_4011,
+            settings.dhcp_bind_67,
+        )
+        proxy = ProxyDhcpServer(
+            listen, boot_policy(settings), counters=counters, on_packet=on_dhcp_packet
+        )
+        components.append(proxy)
     return BootServer(components, counters)
 
 

@@ -17,8 +17,17 @@ Two sockets, one receive thread (`selectors` over both sockets and a wake-up pai
   clients send their DHCPREQUEST there, unicast, and iPXE checks that the ACK comes from
   that address and port.
 
-For each datagram the thread calls `proxy_dhcp.answer_datagram` (struct codec, no scapy:
-~15 µs), sends the `DhcpReply` from the socket of the port it arrived on, and logs one line.
+Two modes:
+
+- **serve** (no `on_packet`, `peerpxe serve`): for each datagram the thread calls
+  `proxy_dhcp.answer_datagram` (struct codec, no scapy: ~15 µs), sends the `DhcpReply` from
+  the socket of the port it arrived on, and logs one line.
+- **forwarding** (`on_packet` given, `peerpxe agent`): each datagram becomes
+  `DhcpPacketReceived(payload, source, local=Address(server, port))` handed to `on_packet`
+  (the agent tells it to the boot actor, which decides whether this peer answers at all);
+  the answer comes back as a `SendDhcpReply` command that the host carries out with
+  `send_reply`, from the socket of `command.source.port`, by the same `IP_PKTINFO` path.
+
 Nothing a remote sends can stop the thread: malformed packets are `Ignore(MALFORMED)` in the
 pure code, send errors are counted and logged, and an unexpected exception is logged with
 its traceback and counted as `dhcp.internal_error`.
@@ -29,8 +38,8 @@ of the segment's DHCP traffic (non-PXE clients, DHCPREQUESTs on 67 meant for the
 server, malformed packets) is counted and logged at DEBUG only: on a busy segment it would
 drown the log.
 
-Counters (`SharedCounters`): `dhcp.received`, `dhcp.answered`, `dhcp.ignored.<reason>`,
-`dhcp.send_failed`, `dhcp.internal_error`.
+Counters (`SharedCounters`): `dhcp.received`, `dhcp.answered`, `dhcp.ignored.<reason>`
+(serve mode), `dhcp.forwarded` (forwarding mode), `dhcp.send_failed`, `dhcp.internal_error`.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import selectors
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,7 +64,7 @@ from actors.boot.proxy_dhcp import (
     ProxyPolicy,
     answer_datagram,
 )
-from actors.core import Address
+from actors.core import Address, DhcpPacketReceived, SendDhcpReply
 from transport.metrics import SharedCounters
 
 _LOG = logging.getLogger(__name__)
@@ -126,11 +136,19 @@ class ProxyDhcpServer:
     name = "proxydhcp"
 
     def __init__(
-        self, listen: DhcpListen, policy: ProxyPolicy, *, counters: SharedCounters
+        self,
+        listen: DhcpListen,
+        policy: ProxyPolicy,
+        *,
+        counters: SharedCounters,
+        on_packet: Callable[[DhcpPacketReceived], None] | None = None,
     ) -> None:
+        """`on_packet` selects forwarding mode: datagrams go to it instead of being answered
+        here with `policy` (see the module docstring)."""
         self.listen = listen
         self.policy = policy
         self.counters = counters
+        self.on_packet = on_packet
         self._sockets: dict[int, socket.socket] = {}  # logical port (67, 4011) -> socket
         self._pktinfo: list[tuple[int, int, bytes]] = []  # ancillary data for 67 replies
         self._selector = selectors.DefaultSelector()
@@ -201,6 +219,43 @@ class ProxyDhcpServer:
         self._send(decision, port)
         return decision
 
+    def forward(self, payload: bytes, port: int, source: Address) -> None:
+        """Hand one datagram that arrived on logical `port` to `on_packet` (forwarding mode)."""
+        assert self.on_packet is not None
+        self.counters.add("dhcp.received")
+        self.on_packet(DhcpPacketReceived(payload, source, Address(self.listen.server, port)))
+        self.counters.add("dhcp.forwarded")
+
+    def send_reply(self, command: SendDhcpReply) -> None:
+        """Carry out a boot actor's reply: send from the socket of `command.source.port`.
+
+        Never raises: a closed socket (stopping) or a failed send is counted as
+        `dhcp.send_failed` and logged.
+        """
+        port, target = command.source.port, command.target
+        sock = self._sockets.get(port)
+        if sock is None:
+            self.counters.add("dhcp.send_failed")
+            _LOG.warning("no ProxyDHCP socket for port %d: reply to %s dropped", port, target.host)
+            return
+        try:
+            self._send_from(sock, port, command.payload, target)
+        except OSError as error:
+            self.counters.add("dhcp.send_failed")
+            _LOG.warning(
+                "cannot send a reply from %d to %s:%d: %s", port, target.host, target.port, error
+            )
+            return
+        self.counters.add("dhcp.answered")
+
+    def _send_from(self, sock: socket.socket, port: int, payload: bytes, target: Address) -> None:
+        if port == DHCP_SERVER_PORT and self._pktinfo:
+            # IP_PKTINFO: leave by our interface with the server address as source, even
+            # when it is not the interface's primary address (dnsmasq does the same)
+            sock.sendmsg([payload], self._pktinfo, 0, (target.host, target.port))
+        else:
+            sock.sendto(payload, (target.host, target.port))
+
     def _receive_loop(self) -> None:
         while not self._stopping.is_set():
             for key, _ in self._selector.select():
@@ -215,7 +270,10 @@ class ProxyDhcpServer:
             _LOG.debug("receive on %d failed: %s", port, error)
             return
         try:
-            self.handle(payload, port, Address(host, source_port))
+            if self.on_packet is not None:
+                self.forward(payload, port, Address(host, source_port))
+            else:
+                self.handle(payload, port, Address(host, source_port))
         except Exception:  # noqa: BLE001 - a bug on one packet must not end the service
             self.counters.add("dhcp.internal_error")
             _LOG.exception("internal error answering %d bytes from %s", len(payload), host)
@@ -224,14 +282,7 @@ class ProxyDhcpServer:
         client = reply.client
         target = reply.target
         try:
-            if port == DHCP_SERVER_PORT and self._pktinfo:
-                # IP_PKTINFO: leave by our interface with the server address as source, even
-                # when it is not the interface's primary address (dnsmasq does the same)
-                self._sockets[port].sendmsg(
-                    [reply.payload], self._pktinfo, 0, (target.host, target.port)
-                )
-            else:
-                self._sockets[port].sendto(reply.payload, (target.host, target.port))
+            self._send_from(self._sockets[port], port, reply.payload, target)
         except OSError as error:
             self.counters.add("dhcp.send_failed")
             _LOG.warning(

@@ -13,7 +13,10 @@ actor's own thread:
   that raced a cancel or re-arm never reaches the actor;
 - `Tell` -> the sibling actor of the same peer, if hosted (otherwise counted and ignored);
 - `Log` -> one `logging` line, `text key=value ...`;
-- `CountMetric` -> the peer's `SharedCounters`.
+- `CountMetric` -> the peer's `SharedCounters`;
+- `SendDhcpReply` -> the peer's DHCP sender (`HostServices.dhcp`, the ProxyDHCP sockets in
+  forwarding mode, attached with `Peer.attach_dhcp`); without one it is counted as
+  `dhcp.no_sender` and dropped.
 
 Two transport-only messages let the composition root reach into an actor on its thread:
 `Invoke(function)` runs `function(logic, now_s)` and executes the commands it returns (for
@@ -48,7 +51,9 @@ from actors.core import (
     CancelTimer,
     Command,
     CountMetric,
+    DhcpPacketReceived,
     Event,
+    LeadershipChanged,
     Log,
     LogLevel,
     MemberChanged,
@@ -57,6 +62,7 @@ from actors.core import (
     NodeId,
     PeerDiscovered,
     PeerLost,
+    SendDhcpReply,
     SendFailed,
     SendMessage,
     StartTimer,
@@ -64,6 +70,7 @@ from actors.core import (
     TimerFired,
 )
 from actors.discovery import Discovery
+from actors.election import Election
 from actors.messages import Message
 from transport.clock import Clock, MonotonicClock
 from transport.metrics import SharedCounters
@@ -79,6 +86,8 @@ EVENT_TYPES: Final = (
     PeerLost,
     SendFailed,
     MemberChanged,
+    LeadershipChanged,
+    DhcpPacketReceived,
 )
 _LOG_LEVELS: Final = {
     LogLevel.DEBUG: logging.DEBUG,
@@ -94,6 +103,14 @@ class MessageSender(Protocol):
 
     def send(self, address: Address, message: Message) -> None:
         """Seal and send `message` to `address`."""
+        ...
+
+
+class DhcpSender(Protocol):
+    """What the host needs to carry out `SendDhcpReply`; never raises (counts failures)."""
+
+    def send_reply(self, command: SendDhcpReply) -> None:
+        """Send `command.payload` from `command.source` to `command.target`."""
         ...
 
 
@@ -121,6 +138,7 @@ class HostServices:
     sender: MessageSender
     counters: SharedCounters
     siblings: dict[ActorName, Teller] = field(default_factory=dict)
+    dhcp: DhcpSender | None = None
 
 
 class LogicActor(pykka.ThreadingActor):
@@ -192,6 +210,8 @@ class LogicActor(pykka.ThreadingActor):
                 self._log(command)
             case CountMetric(name=name, amount=amount):
                 self._services.counters.add(name, amount)
+            case SendDhcpReply():
+                self._send_dhcp(command)
 
     def _send(self, address: Address, message: Message) -> None:
         try:
@@ -199,6 +219,13 @@ class LogicActor(pykka.ThreadingActor):
         except OSError as error:
             self._services.counters.add("send.failed")
             self.actor_ref.tell(SendFailed(address, _os_error_reason(error)))
+
+    def _send_dhcp(self, command: SendDhcpReply) -> None:
+        sender = self._services.dhcp
+        if sender is None:
+            self._services.counters.add("dhcp.no_sender")
+            return
+        sender.send_reply(command)
 
     def _tell_sibling(self, target: ActorName, event: Event) -> None:
         sibling = self._services.siblings.get(target)
@@ -309,6 +336,14 @@ class Peer:
         """`function(logic)` evaluated on actor `name`'s thread."""
         return self._refs[name].ask(Inspect(function), timeout=ASK_TIMEOUT_S)
 
+    def attach_dhcp(self, sender: DhcpSender | None) -> None:
+        """Carry out `SendDhcpReply` commands with `sender` from now on (None: count, drop)."""
+        self._services.dhcp = sender
+
+    def resign(self) -> None:
+        """Run `Election.resign` (hand over leadership at once) and wait until it is sent."""
+        self.invoke(ActorName.ELECTION, _election_resign)
+
     def is_hosting(self, name: ActorName) -> bool:
         """Whether actor `name` is hosted and alive."""
         ref = self._refs.get(name)
@@ -351,3 +386,7 @@ class Peer:
 
 def _discovery_leave(logic: Any, now_s: float) -> list[Command]:
     return cast("Discovery", logic).leave(now_s)
+
+
+def _election_resign(logic: Any, now_s: float) -> list[Command]:
+    return cast("Election", logic).resign(now_s)

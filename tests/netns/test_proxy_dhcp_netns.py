@@ -310,7 +310,7 @@ def test_unprivileged_bind_error_is_clear(tmp_path: Path) -> None:
         done = subprocess.run(
             ["ip", "netns", "exec", namespace, "setpriv", "--reuid=65534", "--regid=65534",
              "--clear-groups", *SERVE, "--interface", "eth0", "--root", str(public),
-             "--bios", "undionly.kpxe", "--http-port", "8080"],
+             "--bios", "undionly.kpxe", "--http-port", "8080", "--tftp-port", "6969"],
             capture_output=True, text=True, timeout=30, cwd=REPO, check=False,
         )  # fmt: skip
     finally:

@@ -9,7 +9,15 @@ import pytest
 
 from actors.core import Address
 from actors.discovery import DiscoveryKnobs
-from peerpxe.config import DEFAULT_PORT, ConfigError, load_config, parse_key
+from actors.election import ElectionKnobs
+from peerpxe.config import (
+    DEFAULT_PORT,
+    BootConfig,
+    ConfigError,
+    load_config,
+    parse_key,
+    responder_problems,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
@@ -183,3 +191,94 @@ def test_example_file_loads_and_sets_every_key(tmp_path: Path) -> None:
     reference = (REPO / "docs" / "agent-config.md").read_text()
     for knob in DiscoveryKnobs.__dataclass_fields__:
         assert f"`{knob}`" in reference, f"agent-config.md does not document {knob}"
+    assert config.election == ElectionKnobs()
+    assert not config.boot.enabled
+    assert config.boot.files == {
+        "bios": "undionly.kpxe",
+        "efi64": "ipxe.efi",
+        "arm64": "ipxe-arm64.efi",
+    }
+    for section, knobs in (("election", ElectionKnobs), ("boot", BootConfig)):
+        for knob in knobs.__dataclass_fields__:
+            if knob in ("server", "files"):  # derived, not keys
+                continue
+            assert f"\n{knob} = " in text, f"example does not document {section}.{knob}"
+            assert f"`{knob}`" in reference, f"agent-config.md does not document {knob}"
+
+
+def test_election_knobs_are_validated_like_discovery_knobs(tmp_path: Path) -> None:
+    """[election] accepts every ElectionKnobs field; order and minimums name file:line: key."""
+    text = MINIMAL + "[election]\nheartbeat_interval_s = 0.2\nstandby_count = 3\n"
+    config = load_config(write(tmp_path, text), FakeNetwork())
+    assert config.election == ElectionKnobs(heartbeat_interval_s=0.2, standby_count=3)
+    path = write(tmp_path, MINIMAL + "[election]\n\nheartbeat_interval_s = 2.0\n")
+    assert error_of(path) == (
+        f"{path}:5: election.heartbeat_interval_s: heartbeat_interval_s (2.0) must be less"
+        " than lease_timeout_s (1.5)"
+    )
+    path = write(tmp_path, MINIMAL + "[election]\nstandby_count = 0\n")
+    assert error_of(path).startswith(f"{path}:4: election.standby_count: expected an integer")
+    path = write(tmp_path, MINIMAL + "[election]\nclaim_wait_s = 'soon'\n")
+    assert error_of(path).startswith(f"{path}:4: election.claim_wait_s: expected a positive")
+
+
+def test_boot_section_defaults_and_values(tmp_path: Path) -> None:
+    """[boot] is off by default; when on, paths resolve from the config file's folder and
+    the server address is the agent's (or the boot interface's) address."""
+    config = load_config(write(tmp_path, MINIMAL), FakeNetwork())
+    assert config.boot == BootConfig(interface="eth0", server="192.0.2.10")
+    assert responder_problems(config) == ["boot.enabled is false"]
+    text = MINIMAL + (
+        "[boot]\nenabled = true\nroot = 'tftp'\nbios = '/undionly.kpxe'\n"
+        "efi64 = 'efi\\\\ipxe.efi'\n"
+        "ipxe_script = 'boot.ipxe'\ntftp_port = 1069\nhttp_port = 80\n"
+        "answer_retries_as_standby = false\n"
+    )
+    config = load_config(write(tmp_path, text), FakeNetwork())
+    assert config.boot == BootConfig(
+        enabled=True,
+        interface="eth0",
+        server="192.0.2.10",
+        root=tmp_path / "tftp",
+        files={"bios": "undionly.kpxe", "efi64": "efi/ipxe.efi"},
+        ipxe_script="boot.ipxe",
+        tftp_port=1069,
+        http_port=80,
+        answer_retries_as_standby=False,
+    )
+
+
+def test_responder_eligibility_needs_files_and_weight(tmp_path: Path) -> None:
+    """Eligible only with boot enabled, weight > 0 and every named file under the root."""
+    text = MINIMAL + "[boot]\nenabled = true\nroot = 'tftp'\nbios = 'undionly.kpxe'\n"
+    config = load_config(write(tmp_path, text), FakeNetwork())
+    assert responder_problems(config) == [f"boot.root {tmp_path / 'tftp'} is not a directory"]
+    (tmp_path / "tftp").mkdir()
+    assert responder_problems(config) == [
+        f"undionly.kpxe is missing under boot.root {tmp_path / 'tftp'}"
+    ]
+    (tmp_path / "tftp" / "undionly.kpxe").write_bytes(b"nbp")
+    assert responder_problems(config) == []
+    config = load_config(write(tmp_path, text + "[agent]\nweight = 0\n"), FakeNetwork())
+    assert responder_problems(config) == ["agent.weight is 0 (never responder)"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        ("[boot]\nenabled = 'yes'\n", 2, "boot.enabled", "true or false"),
+        ("[boot]\nenabled = true\nbios = 'a'\n", 2, "boot.enabled", "boot.root is required"),
+        ("[boot]\nenabled = true\nroot = 'r'\n", 2, "boot.enabled", "at least one of"),
+        ("[boot]\nbios = '../etc/passwd'\n", 2, "boot.bios", "relative to boot.root"),
+        ("[boot]\nefi64 = 'C:ipxe.efi'\n", 2, "boot.efi64", "relative to boot.root"),
+        ("[boot]\ntftp_port = 0\n", 2, "boot.tftp_port", "integer from 1 to 65535"),
+        ("[boot]\ninterface = 'wlan9'\n", 2, "boot.interface", "wlan9 has no IPv4 address"),
+        ("[boot]\ncolour = 'red'\n", 2, "boot.colour", "unknown key"),
+    ],
+)
+def test_bad_boot_values(tmp_path: Path, text: str, line: int, key: str, fragment: str) -> None:
+    """Each bad [boot] value is reported at its own line with its dotted key."""
+    path = write(tmp_path, MINIMAL + text)
+    message = error_of(path)
+    assert message.startswith(f"{path}:{line + 2}: {key}: ")
+    assert fragment in message
