@@ -97,6 +97,8 @@ class Option:
     CLIENT_NETWORK_INTERFACE: Final = 94  # RFC 4578 §2.2
     CLIENT_MACHINE_ID: Final = 97  # RFC 4578 §2.3
     IPXE_ENCAPSULATED: Final = 175  # iPXE `include/ipxe/dhcp.h`, DHCP_EB_ENCAP
+    WDS_NBP: Final = 250  # private: WDSNBP/wdsmgfw sub-options (Windows Deployment Services)
+    BCD_PATH: Final = 252  # private: bootmgr's BCD store path on TFTP (also WPAD elsewhere)
     END: Final = 255  # RFC 2132 §3.2
 
 
@@ -269,6 +271,13 @@ class DhcpPacket(NamedTuple):
             raise DhcpDecodeError(f"option 43.71 has {len(value)} bytes, expected 4")
         server_type, layer = struct.unpack("!HH", value)
         return server_type, layer
+
+    def wds_options(self) -> dict[int, bytes] | None:
+        """Option 250 as WDSNBP sub-options; None if absent (not a WDS request)."""
+        value = self.options.get(Option.WDS_NBP)
+        if value is None:
+            return None
+        return _sub_options(value, "250")
 
     def ipxe_options(self) -> dict[int, bytes]:
         """Option 175 as iPXE encapsulated sub-options; empty if absent."""

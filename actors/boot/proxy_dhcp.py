@@ -47,7 +47,17 @@ Where replies go (pxe-protocol-notes.md §2.1): 67 offers to 255.255.255.255:68 
 broadcast flag set, or to giaddr:67 when relayed (smee `replyDestination`); 4011 replies to
 the request's source, from port 4011.
 
-Not yet handled: Windows/WDS (options 250/252, backslash paths), PXE menus (43.8/9/10).
+Windows (pxe-protocol-notes.md §2.3d): a boot file path is sent exactly as configured, so
+WDS-style backslash paths (`Boot\\x64\\wdsmgfw.efi`) reach bootmgr as it expects them; option
+252 (the BCD store path) goes with every TFTP boot file whose arch class has one in
+`policy.bcd_files`. WDSNBP and wdsmgfw come back on 4011 with option 250: they get an ACK that
+approves them at once (250 = next action APPROVAL, action done, their request id echoed),
+the boot file for the architecture they detected (250.1, Windows `PROCESSOR_ARCHITECTURE_*`
+values) from `policy.wds_boot_files`, and that architecture's BCD path. Microsoft does not
+publish 250; its layout follows interoperable servers (Namiono-Server's
+`Handle_WDS_Options`), and no Windows client runs in this project's tests.
+
+Not yet handled: PXE menus (43.8/9/10), WDS pending-device approval (always approved).
 """
 
 from __future__ import annotations
@@ -94,6 +104,19 @@ PXE_BYPASS_DISCOVERY: Final = bytes((PXE_DISCOVERY_CONTROL, 1, 8, 255))
 PXE_BIS_LAYER_BIT: Final = 0x8000  # PXE 2.1: layer bit 15 asks for BIS (dnsmasq refuses)
 VENDOR_ARCH_FIELD: Final = b":Arch:"  # PXE 2.1: "PXEClient:Arch:xxxxx:UNDI:yyyzzz"
 VENDOR_ARCH_DIGITS: Final = 5
+
+# Option 250 sub-options (WDSNBP; unpublished by Microsoft, values from Namiono-Server).
+WDS_ARCHITECTURE: Final = 1  # uint16: what wdsnbp detected, Windows PROCESSOR_ARCHITECTURE_*
+WDS_NEXT_ACTION: Final = 2  # uint8: 1 approval, 3 referral, 5 abort
+WDS_POLL_INTERVAL: Final = 3  # uint16 seconds between polls while pending
+WDS_POLL_RETRY_COUNT: Final = 4  # uint16 polls before giving up
+WDS_REQUEST_ID: Final = 5  # uint32, echoed
+WDS_ACTION_DONE: Final = 14  # uint8: 1 = go on booting now
+WDS_ACTION_APPROVAL: Final = 1
+WDS_POLL_INTERVAL_S: Final = 10
+WDS_POLL_RETRIES: Final = 3
+WDS_ARCHITECTURES: Final[Mapping[int, str]] = {0: "x86", 6: "ia64", 9: "x64", 12: "arm64"}
+"""Windows `PROCESSOR_ARCHITECTURE_*` values as the names `policy.wds_boot_files` uses."""
 
 
 class ArchClass(StrEnum):
@@ -157,6 +180,7 @@ class IgnoreReason(StrEnum):
     NO_BOOT_FILE = "no_boot_file"
     NO_IPXE_SCRIPT = "no_ipxe_script"
     NO_HTTP_BASE = "no_http_base"
+    UNSUPPORTED_WDS_ARCH = "unsupported_wds_arch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +204,10 @@ class PxeClient:
     machine_id: bytes | None
     #: 43.71 (boot server type, layer) of a boot server request, if any
     boot_item: tuple[int, int] | None
+    #: WDSNBP/wdsmgfw on 4011 (option 250): the architecture it detected, by name
+    wds_arch: str | None = None
+    #: 250.5 to echo; None when the request sent none
+    wds_request_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +219,8 @@ class BootRecipe:
     boot_file: str
     #: send 43 = {6: 8}: bypass boot server discovery, boot `boot_file` now
     bypass_discovery: bool
+    #: option 252, the BCD store bootmgr reads; empty for none
+    bcd_path: str = ""
 
 
 def normalize_mac(text: str) -> str:
@@ -213,6 +243,12 @@ class ProxyPolicy:
     ipxe_script_url: str = ""
     #: base URL for UEFI HTTP boot clients, e.g. `http://192.0.2.10:8080/boot`
     http_boot_url_base: str = ""
+    #: option 252 (BCD store path) sent with the TFTP boot file of these arch classes
+    bcd_files: Mapping[ArchClass, str] = field(default_factory=dict)
+    #: boot file for WDSNBP's re-request on 4011, by detected architecture (`x86`, `x64`, ...)
+    wds_boot_files: Mapping[str, str] = field(default_factory=dict)
+    #: option 252 for WDSNBP's re-request, by detected architecture
+    wds_bcd_files: Mapping[str, str] = field(default_factory=dict)
     #: UEFI classes that take 43 = {6: 8} + file on 67 instead of the 4011 path
     file_on_67: frozenset[ArchClass] = frozenset({ArchClass.BIOS})
     #: answer computers not in `known_macs`
@@ -226,11 +262,19 @@ class ProxyPolicy:
     ipxe_user_classes: tuple[bytes, ...] = (USER_CLASS_IPXE,)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "boot_files", MappingProxyType(dict(self.boot_files)))
+        for name in ("boot_files", "bcd_files", "wds_boot_files", "wds_bcd_files"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         for name in ("known_macs", "allowed_macs", "denied_macs"):
             macs = frozenset(normalize_mac(mac) for mac in getattr(self, name))
             object.__setattr__(self, name, macs)
-        names = [*self.boot_files.values(), self.ipxe_script_url, self.http_boot_url_base]
+        names = [
+            *self.boot_files.values(),
+            *self.bcd_files.values(),
+            *self.wds_boot_files.values(),
+            *self.wds_bcd_files.values(),
+            self.ipxe_script_url,
+            self.http_boot_url_base,
+        ]
         if not all(name.isascii() and "\x00" not in name for name in names):
             raise ValueError("boot file names and URLs must be ASCII without NUL")
 
@@ -305,19 +349,36 @@ def choose_boot(client: PxeClient, local_port: int, policy: ProxyPolicy) -> Boot
         if not policy.ipxe_script_url:
             return Ignore(IgnoreReason.NO_IPXE_SCRIPT, "iPXE client, no script URL configured")
         return BootRecipe(VENDOR_CLASS_PXE, policy.ipxe_script_url, bypass_discovery=False)
+    if client.wds_arch is not None:
+        return _wds_recipe(client, policy)
     boot_file = policy.boot_files.get(client.arch_class)
     if not boot_file:
         return Ignore(IgnoreReason.NO_BOOT_FILE, f"no boot file for {client.arch_class}")
+    bcd_path = policy.bcd_files.get(client.arch_class, "")
     if client.kind is ClientKind.HTTP:
         if not policy.http_boot_url_base:
             return Ignore(IgnoreReason.NO_HTTP_BASE, "HTTP boot client, no URL base configured")
         url = f"{policy.http_boot_url_base.rstrip('/')}/{boot_file.lstrip('/')}"
         return BootRecipe(VENDOR_CLASS_HTTP, url, bypass_discovery=False)
     if local_port == PXE_PORT:
-        return BootRecipe(VENDOR_CLASS_PXE, boot_file, bypass_discovery=False)
+        return BootRecipe(VENDOR_CLASS_PXE, boot_file, bypass_discovery=False, bcd_path=bcd_path)
     if client.arch_class in policy.file_on_67:
-        return BootRecipe(VENDOR_CLASS_PXE, boot_file, bypass_discovery=True)
+        return BootRecipe(VENDOR_CLASS_PXE, boot_file, bypass_discovery=True, bcd_path=bcd_path)
     return BootRecipe(VENDOR_CLASS_PXE, "", bypass_discovery=False)  # ProxyBinl
+
+
+def _wds_recipe(client: PxeClient, policy: ProxyPolicy) -> BootRecipe | Ignore:
+    """WDSNBP's re-request: the file for the architecture it detected, else the arch class's."""
+    assert client.wds_arch is not None
+    boot_file = policy.wds_boot_files.get(client.wds_arch) or policy.boot_files.get(
+        client.arch_class
+    )
+    if not boot_file:
+        return Ignore(IgnoreReason.NO_BOOT_FILE, f"no boot file for WDS {client.wds_arch}")
+    bcd_path = policy.wds_bcd_files.get(client.wds_arch) or policy.bcd_files.get(
+        client.arch_class, ""
+    )
+    return BootRecipe(VENDOR_CLASS_PXE, boot_file, bypass_discovery=False, bcd_path=bcd_path)
 
 
 # --------------------------------------------------------------------------- classify
@@ -349,6 +410,10 @@ def _classify(
     if boot_item is not None and boot_item[1] & PXE_BIS_LAYER_BIT:
         return Ignore(IgnoreReason.BIS_UNSUPPORTED, f"boot item {boot_item}")
     request.client_uuid()  # validates option 97 (raises DhcpDecodeError)
+    wds = request.wds_options() if local_port == PXE_PORT else None
+    wds_arch = _wds_arch(wds) if wds is not None else None
+    if isinstance(wds_arch, Ignore):
+        return wds_arch
     return PxeClient(
         mac=request.mac,
         message_type=message_type,
@@ -357,7 +422,28 @@ def _classify(
         kind=_client_kind(request, vendor_class, policy),
         machine_id=request.options.get(Option.CLIENT_MACHINE_ID),
         boot_item=boot_item,
+        wds_arch=wds_arch,
+        wds_request_id=_wds_request_id(wds) if wds is not None else None,
     )
+
+
+def _wds_arch(wds: Mapping[int, bytes]) -> str | Ignore:
+    """The architecture WDSNBP detected (250.1, uint16), as a `WDS_ARCHITECTURES` name."""
+    value = wds.get(WDS_ARCHITECTURE, b"\x00\x00")
+    if len(value) != 2:
+        raise DhcpDecodeError(f"option 250.1 has {len(value)} bytes, expected 2")
+    number = int.from_bytes(value, "big")
+    name = WDS_ARCHITECTURES.get(number)
+    if name is None:
+        return Ignore(IgnoreReason.UNSUPPORTED_WDS_ARCH, f"WDS architecture {number}")
+    return name
+
+
+def _wds_request_id(wds: Mapping[int, bytes]) -> bytes | None:
+    value = wds.get(WDS_REQUEST_ID)
+    if value is not None and len(value) != 4:
+        raise DhcpDecodeError(f"option 250.5 has {len(value)} bytes, expected 4")
+    return value
 
 
 def _port_refusal(
@@ -426,6 +512,10 @@ def _encode_answer(
     elif client.boot_item is not None:
         item = struct.pack("!HH", *client.boot_item)  # echoed as dnsmasq does
         options[Option.VENDOR_SPECIFIC] = encode_sub_options({PXE_BOOT_ITEM: item})
+    if recipe.bcd_path:
+        options[Option.BCD_PATH] = recipe.bcd_path.encode("ascii")
+    if client.wds_arch is not None:
+        options[Option.WDS_NBP] = _wds_approval(client.wds_request_id)
     file = recipe.boot_file.encode("ascii")
     if len(file) >= FILE_BYTES:
         options[Option.BOOTFILE_NAME] = file
@@ -439,3 +529,14 @@ def _encode_answer(
         flags=None if on_pxe_port else request.flags | BROADCAST_FLAG,
         ciaddr=request.ciaddr if on_pxe_port else ZERO_ADDRESS,
     )
+
+
+def _wds_approval(request_id: bytes | None) -> bytes:
+    """Option 250 telling WDSNBP it is approved and may boot now (no pending-device wait)."""
+    return encode_sub_options({
+        WDS_NEXT_ACTION: bytes((WDS_ACTION_APPROVAL,)),
+        WDS_REQUEST_ID: request_id if request_id is not None else (1).to_bytes(4, "big"),
+        WDS_POLL_INTERVAL: WDS_POLL_INTERVAL_S.to_bytes(2, "big"),
+        WDS_POLL_RETRY_COUNT: WDS_POLL_RETRIES.to_bytes(2, "big"),
+        WDS_ACTION_DONE: b"\x01",
+    })  # fmt: skip

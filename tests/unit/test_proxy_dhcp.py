@@ -668,3 +668,99 @@ def test_policy_copies_boot_files_read_only() -> None:
     assert policy.boot_files[ArchClass.BIOS] == "undionly.kpxe"
     with pytest.raises(TypeError):
         policy.boot_files[ArchClass.BIOS] = "x"  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- Windows / WDS
+
+WDS_POLICY = ProxyPolicy(
+    boot_files={
+        ArchClass.BIOS: "Boot\\x86\\wdsnbp.com",
+        ArchClass.EFI_X64: "Boot\\x64\\wdsmgfw.efi",
+    },
+    bcd_files={
+        ArchClass.BIOS: "Boot\\x86\\default.bcd",
+        ArchClass.EFI_X64: "Boot\\x64\\default.bcd",
+    },
+    wds_boot_files={"x64": "Boot\\x64\\pxeboot.n12", "x86": "Boot\\x86\\pxeboot.n12"},
+    wds_bcd_files={"x64": "Boot\\x64\\default.bcd"},
+)
+
+
+def wds_request(arch: int, wds_arch: bytes, request_id: bytes | None = None) -> bytes:
+    """WDSNBP's re-request on 4011: a PXE REQUEST carrying option 250 (architecture, id)."""
+    sub_options = {1: wds_arch} if request_id is None else {1: wds_arch, 5: request_id}
+    return request_4011(arch, o250=encode_sub_options(sub_options))
+
+
+def test_windows_paths_go_out_verbatim_with_the_bcd_path() -> None:
+    """Backslash paths reach bootmgr unchanged; 252 names the BCD store of that arch."""
+    _, offer = replied(respond(pxe_clients.bios_discover(), policy=WDS_POLICY))
+    assert offer.file.rstrip(b"\0") == b"Boot\\x86\\wdsnbp.com"
+    assert offer.options[252] == b"Boot\\x86\\default.bcd"
+    _, ack = replied(respond(request_4011(7), port=4011, policy=WDS_POLICY))
+    assert ack.file.rstrip(b"\0") == b"Boot\\x64\\wdsmgfw.efi"
+    assert ack.options[252] == b"Boot\\x64\\default.bcd"
+    assert 250 not in ack.options  # only a WDSNBP re-request gets 250
+
+
+def test_no_bcd_path_unless_configured() -> None:
+    _, offer = replied(respond(pxe_clients.bios_discover()))
+    assert 252 not in offer.options
+
+
+def test_wdsnbp_rerequest_is_approved_with_the_file_for_its_detected_arch() -> None:
+    """A BIOS machine whose wdsnbp detected x64 (9) gets x64 pxeboot.n12, approved at once."""
+    request_id = (0x01020304).to_bytes(4, "big")
+    reply, ack = replied(
+        respond(wds_request(0, b"\x00\x09", request_id), port=4011, policy=WDS_POLICY)
+    )
+    assert reply.client.wds_arch == "x64"
+    assert ack.message_type() is MessageType.ACK
+    assert ack.file.rstrip(b"\0") == b"Boot\\x64\\pxeboot.n12"
+    assert ack.options[252] == b"Boot\\x64\\default.bcd"
+    wds = ack.wds_options()
+    assert wds is not None
+    assert wds[2] == b"\x01"  # next action: approval
+    assert wds[5] == request_id  # echoed
+    assert wds[14] == b"\x01"  # action done: boot now
+    assert int.from_bytes(wds[3], "big") > 0  # poll interval
+    assert len(wds[4]) == 2  # poll retry count
+
+
+def test_wdsnbp_without_a_request_id_gets_one_and_falls_back_to_the_arch_bcd() -> None:
+    _, ack = replied(respond(wds_request(0, b"\x00\x00"), port=4011, policy=WDS_POLICY))
+    assert ack.file.rstrip(b"\0") == b"Boot\\x86\\pxeboot.n12"
+    assert ack.options[252] == b"Boot\\x86\\default.bcd"  # no x86 entry in wds_bcd_files
+    wds = ack.wds_options()
+    assert wds is not None
+    assert wds[5] == b"\x00\x00\x00\x01"
+
+
+def test_wdsnbp_arch_without_a_wds_file_falls_back_to_the_arch_class_file() -> None:
+    policy = ProxyPolicy(boot_files={ArchClass.BIOS: "Boot\\x86\\pxeboot.n12"})
+    _, ack = replied(respond(wds_request(0, b"\x00\x09"), port=4011, policy=policy))
+    assert ack.file.rstrip(b"\0") == b"Boot\\x86\\pxeboot.n12"
+
+
+def test_wdsnbp_bad_values_are_refused_not_raised() -> None:
+    assert ignored(respond(wds_request(0, b"\x00\x63"), port=4011, policy=WDS_POLICY)) is (
+        IgnoreReason.UNSUPPORTED_WDS_ARCH
+    )
+    assert ignored(respond(wds_request(0, b"\x09"), port=4011, policy=WDS_POLICY)) is (
+        IgnoreReason.MALFORMED
+    )
+    assert (
+        ignored(respond(wds_request(0, b"\x00\x09", b"\x01\x02"), port=4011, policy=WDS_POLICY))
+        is IgnoreReason.MALFORMED
+    )
+    truncated = request_4011(0, o250=b"\x01\x05\x00")
+    assert ignored(respond(truncated, port=4011, policy=WDS_POLICY)) is IgnoreReason.MALFORMED
+
+
+def test_option_250_on_67_is_not_a_wds_rerequest() -> None:
+    """On 67 option 250 means nothing to us: the DISCOVER is answered as usual."""
+    values = pxe_clients.bios_pxe_rom_options()
+    values[250] = encode_sub_options({1: b"\x00\x09"})
+    reply, offer = replied(respond(craft(values), policy=WDS_POLICY))
+    assert reply.client.wds_arch is None
+    assert 250 not in offer.options
