@@ -59,6 +59,17 @@ def report(result: SimResult) -> str:
         f"undetected {result.undetected}; detection p50 {_seconds(result.detect_s_p50)}, "
         f"p99 {_seconds(result.detect_s_p99)}",
         f"  false dead {result.false_dead} (ambiguous {result.dead_ambiguous})",
+        f"  responder failovers {result.failovers} (unfinished {result.failovers_unfinished}): "
+        f"p50 {_seconds(result.failover_s_p50)}, p99 {_seconds(result.failover_s_p99)}, "
+        f"max {_seconds(result.failover_s_max)}; clean handover max "
+        f"{_seconds(result.handover_s_max)}; two reachable leaders "
+        f"{result.dual_leader_episodes} times, longest {result.dual_leader_s_max:.2f} s",
+        f"  PXE boots {result.boots_attempted}: booted {result.boots_succeeded}, failed "
+        f"{result.boots_failed} (of which with no eligible peer {result.boots_failed_unservable}),"
+        f" unfinished {result.boots_unfinished}, failed attempts {result.boot_attempts_failed}; "
+        f"boot time p50 {_seconds(result.boot_s_p50)}, p99 {_seconds(result.boot_s_p99)}",
+        f"  DISCOVERs {result.discovers}: with two offers {result.dual_offers} "
+        f"(rate {result.dual_offer_rate:.4f}; in steady state {result.steady_dual_offers})",
         f"  dropped {_counts(result.dropped)}",
         f"  invariant violations {result.violation_count}",
     ]

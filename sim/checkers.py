@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from actors.core import ActorName, MemberChanged, MemberState
+from actors.core import ActorName, LeadershipChanged, MemberChanged, MemberState
 
 if TYPE_CHECKING:
     from sim.host import SimNode
@@ -69,6 +69,9 @@ class Invariants:
     def lifecycle(self, now_s: float, node: SimNode | None, what: str) -> None:
         """Lifecycle changes carry no invariant of their own."""
 
+    def leadership_changed(self, now_s: float, node: SimNode, event: LeadershipChanged) -> None:
+        """Leadership invariants live in `sim.leadership`."""
+
     def check_final(self) -> None:
         """End-of-run checks over every running member's table."""
         now_s = self._world.env.now
@@ -91,6 +94,10 @@ class Invariants:
             self._violate(now_s, node.node_id, "lists itself in its member table")
         elif member_id not in self._world.members:
             self._violate(now_s, node.node_id, f"member table holds non-member {member_id!r}")
+
+    def violate(self, now_s: float, node_id: str, text: str) -> None:
+        """Record a violation found by another checker (`sim.leadership`)."""
+        self._violate(now_s, node_id, text)
 
     def _violate(self, now_s: float, node_id: str, text: str) -> None:
         self.count += 1

@@ -5,21 +5,29 @@ Theory of operation
 A `SimNode` is one peer: its `MemberInfo`, a network `Port`, a `WireSecurity` (one per
 process life; its replay epoch is the node's start count, so it is deterministic) and the
 actors built for the current life. Lives: `start` -> running -> `crash` (silent) or `stop`
-(clean: actors' `leave()` runs first) -> `start` again (a restart: new actor objects, new
-epoch, a fresh random stream).
+(clean, as the real agent stops: actors' `resign()` runs first, so the election hands over at
+once, then their `leave()`) -> `start` again (a restart: new actor objects, new epoch, a
+fresh random stream).
 
 The node turns commands into scheduled callbacks and scheduled callbacks into events:
 
 - `SendMessage`: seal with `WireSecurity`, ask the network when copies arrive, schedule one
   delivery per copy. The bytes travel; on arrival the receiver opens them with its own
   `WireSecurity`. `DecodeError` and `AuthenticationError` are dropped and counted by reason,
-  never raised. A datagram reaching a node that is down is dropped (`node_down`).
+  never raised. A datagram reaching a node that is down is dropped (`node_down`). An opened
+  message goes to the actor `actors.routing.MESSAGE_ROUTES` names (the table the real host
+  uses); a type without a route is dropped as `unrouted`, one for an actor this node does not
+  host as `no_actor`.
 - `StartTimer`/`CancelTimer`: timers are keyed by (actor, name); each arm gets a fresh
   generation number, so a fire whose generation is no longer current (re-armed, cancelled,
   or from an earlier life) is ignored.
 - `Tell`: delivered at the same simulated time to the named actor of this node when hosted,
-  else ignored. `MemberChanged` tells are reported to the world first (checkers, metrics),
-  hosted or not.
+  else ignored. `MemberChanged` and `LeadershipChanged` tells are reported to the world first
+  (checkers, metrics), hosted or not, once per event object (an actor tells one object to
+  several siblings).
+- DHCP: a simulated PXE client's datagram arrives by `receive_dhcp` and becomes
+  `DhcpPacketReceived` for the boot actor; `SendDhcpReply` is handed to the world, which
+  carries the reply to the simulated clients (`sim.boot_clients`).
 - `Log`: handed to the world's optional log sink. `CountMetric`: per-node counters.
 
 Performance: nothing here is a SimPy process. Every delivery is a `Scheduled` object that
@@ -44,11 +52,14 @@ from actors.core import (
     Command,
     Counters,
     CountMetric,
+    DhcpPacketReceived,
     Event,
+    LeadershipChanged,
     Log,
     MemberChanged,
     MemberInfo,
     MessageReceived,
+    SendDhcpReply,
     SendMessage,
     StartTimer,
     Tell,
@@ -56,7 +67,7 @@ from actors.core import (
 )
 from actors.envelope import WireSecurity
 from actors.errors import AuthenticationError, DecodeError
-from actors.messages import Message
+from actors.routing import MESSAGE_ROUTES
 
 if TYPE_CHECKING:
     import simpy
@@ -68,9 +79,6 @@ ActorBuilder = Callable[[MemberInfo, random.Random, int], list[Actor]]
 """Builds the actors of one life of a node: (member info, node rng, life number)."""
 
 NORMAL_PRIORITY: Final = NORMAL
-
-ROUTES: Final[dict[type[Message], ActorName]] = {}
-"""Which actor receives a wire message type; unlisted types go to discovery."""
 
 
 class Scheduled:
@@ -116,6 +124,8 @@ class SimNode:
         self.address: Address = info.address
         self.port = port
         self.running = False
+        self.stopping = False
+        """True while a clean stop runs the actors' `resign()` and `leave()`."""
         self.life = 0
         self.started_at_s = 0.0
         self.actors: dict[ActorName, Actor] = {}
@@ -128,6 +138,7 @@ class SimNode:
         self._next_generation = 0
         self._last_reported: Event | None = None
         self._datagram_callbacks = (self._on_datagram,)
+        self._dhcp_callbacks = (self._on_dhcp,)
         self._timer_callbacks = (self._on_timer,)
         self._event_callbacks = (self._on_event,)
 
@@ -156,13 +167,17 @@ class SimNode:
         self.actors = {}
 
     def stop(self) -> None:
-        """Leave cleanly: actors that can `leave()` announce it, then the node goes down."""
+        """Leave cleanly: actors `resign()` (hand over leadership), then `leave()`, then the
+        node goes down (the order of `peerpxe agent` on SIGTERM)."""
         assert self.running
         now_s = self.world.env.now
-        for actor in list(self.actors.values()):
-            leave = getattr(actor, "leave", None)
-            if leave is not None:
-                self._execute(actor, leave(now_s))
+        self.stopping = True
+        for step in ("resign", "leave"):
+            for actor in list(self.actors.values()):
+                farewell = getattr(actor, step, None)
+                if farewell is not None:
+                    self._execute(actor, farewell(now_s))
+        self.stopping = False
         self.running = False
         self.actors = {}
 
@@ -177,6 +192,24 @@ class SimNode:
         """A datagram from `source` reaches this node's port after `delay_s`."""
         item = Scheduled(self._datagram_callbacks, 0, data, source)
         schedule(self.world.env, item, delay_s)
+
+    def receive_dhcp(
+        self, payload: bytes, source: Address, local_port: int, delay_s: float
+    ) -> None:
+        """A PXE client's DHCP datagram from `source` reaches UDP `local_port` after `delay_s`."""
+        local = Address(self.address.host, local_port)
+        item = Scheduled(self._dhcp_callbacks, 0, DhcpPacketReceived(payload, source, local), None)
+        schedule(self.world.env, item, delay_s)
+
+    def _on_dhcp(self, item: Scheduled) -> None:
+        if not self.running:
+            self.world.drop(self, "node_down")
+            return
+        actor = self.actors.get(ActorName.BOOT)
+        if actor is None:
+            self.world.drop(self, "no_actor")
+            return
+        self._handle(actor, item.first)
 
     def _on_datagram(self, item: Scheduled) -> None:
         world = self.world
@@ -193,7 +226,11 @@ class SimNode:
             world.drop(self, "decode")
             return
         world.trace.record(world.env.now, self.node_id, "rx", f"{sender} {message.TAG}")
-        actor = self.actors.get(ROUTES.get(type(message), ActorName.DISCOVERY))
+        route = MESSAGE_ROUTES.get(type(message))
+        if route is None:
+            world.drop(self, "unrouted")
+            return
+        actor = self.actors.get(route)
         if actor is None:
             world.drop(self, "no_actor")
             return
@@ -240,6 +277,8 @@ class SimNode:
             elif kind is CountMetric:
                 metric = cast("CountMetric", command)
                 self.counters.add(metric.name, metric.amount)
+            elif kind is SendDhcpReply:
+                self.world.dhcp_reply(self, cast("SendDhcpReply", command))
             else:
                 assert kind is Log, f"unknown command {command!r}"
                 self.world.log(self, cast("Log", command))
@@ -264,9 +303,14 @@ class SimNode:
 
     def _tell(self, command: Tell) -> None:
         event = command.event
-        # Discovery tells one MemberChanged object to several actors: report it once.
-        if type(event) is MemberChanged and event is not self._last_reported:
-            self._last_reported = event
-            self.world.member_changed(self, event)
+        # Discovery and election tell one event object to several actors: report it once.
+        if event is not self._last_reported:
+            kind = type(event)
+            if kind is MemberChanged:
+                self._last_reported = event
+                self.world.member_changed(self, cast("MemberChanged", event))
+            elif kind is LeadershipChanged:
+                self._last_reported = event
+                self.world.leadership_changed(self, cast("LeadershipChanged", event))
         if command.target in self.actors:
             self.deliver(command.target, event, 0.0)

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from actors.core import MemberChanged, MemberState, NodeId
+from actors.core import LeadershipChanged, MemberChanged, MemberState, NodeId
 
 if TYPE_CHECKING:
     from sim.host import SimNode
@@ -88,6 +88,9 @@ class MembershipMetrics:
                 self._resolve(crash, node.node_id, now_s)
             if what == "crash":
                 self._open_crash(now_s, node)
+
+    def leadership_changed(self, now_s: float, node: SimNode, event: LeadershipChanged) -> None:
+        """Leadership figures live in `sim.leadership`."""
 
     def finish(self) -> None:
         """Close the books at the end of the run."""

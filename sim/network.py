@@ -15,6 +15,10 @@ the fate of one datagram and returns the delays after which copies arrive:
 Latency is drawn per datagram from the link class's distribution: `lan` inside a site, `wan`
 between sites. All draws come from one `random.Random(f"net:{seed}")`, in send order, so a run
 is reproducible. Counters: datagrams and bytes sent, lost, partitioned, duplicated.
+
+Simulated PXE clients get ports too (`attach`); their DHCP datagrams cross the same link model
+through `plan_dhcp`, which is counted apart (`dhcp_sent`, `dhcp_lost`, ...) so that the peers'
+message load stays what it was.
 """
 
 from __future__ import annotations
@@ -110,14 +114,29 @@ class Network:
         if source.side != target.side:
             counters.add("partitioned")
             return ()
+        return self._arrivals(source, target, "lost", "duplicated")
+
+    def plan_dhcp(self, source: Port, target: Port) -> tuple[float, ...]:
+        """`plan` for a DHCP datagram between a PXE client and a peer (counted apart)."""
+        counters = self.counters
+        counters.add("dhcp_sent")
+        if source.side != target.side:
+            counters.add("dhcp_partitioned")
+            return ()
+        return self._arrivals(source, target, "dhcp_lost", "dhcp_duplicated")
+
+    def _arrivals(
+        self, source: Port, target: Port, lost: str, duplicated: str
+    ) -> tuple[float, ...]:
+        """Loss, latency and duplication of one datagram between two connected ports."""
         rng = self._rng
         if rng.random() < self.spec.loss:
-            counters.add("lost")
+            self.counters.add(lost)
             return ()
         latency = self.spec.lan if source.site == target.site else self.spec.wan
         first = _draw(rng, latency) + target.slow_delay_s
         if self.spec.duplicate and rng.random() < self.spec.duplicate:
-            counters.add("duplicated")
+            self.counters.add(duplicated)
             return (first, _draw(rng, latency) + target.slow_delay_s)
         return (first,)
 

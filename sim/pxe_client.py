@@ -21,7 +21,9 @@ Timing per firmware (pxe-protocol-notes.md §5, distributed-numbers.md §2.2):
   the DHCP server's offer for a proxy offer (iPXE `config/dhcp.h`); the embedded script
   retries `dhcp` a few times when `${filename}` stayed empty (pixiecore's boot.ipxe).
 - Then the boot program is fetched over TFTP from `siaddr`: the simulator models the
-  transfer with bandwidth and fails it if that peer dies meanwhile.
+  transfer with bandwidth and fails it if that peer dies meanwhile. A BIOS ROM or UEFI
+  firmware whose download fails gives up (PXE-E32 and friends: the boot fails); iPXE's
+  embedded script goes round its `dhcp` loop again (within the same attempt budget).
 
 Every DISCOVER records which distinct servers answered it (`offers_per_discover`), for the
 duplicate-offer rate.
@@ -29,6 +31,7 @@ duplicate-offer rate.
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -108,7 +111,10 @@ ClientAction = SendDhcp | ArmTimer | FetchBootFile
 @dataclass(slots=True)
 class _Offer:
     server: str
+    """Option 54: who answered (where a UEFI client sends its 4011 request)."""
     boot_file: str
+    file_server: str
+    """`siaddr`, the "next server" the boot file is fetched from (option 54 when zero)."""
 
 
 @dataclass(slots=True)
@@ -128,6 +134,7 @@ class PxeClient:
     xid: int = 0
     offers: list[_Offer] = field(default_factory=list)
     offers_per_discover: list[int] = field(default_factory=list)
+    tftp_failures: int = 0
     _answered_this_xid: dict[str, None] = field(default_factory=dict)
     _request_server: str = ""
 
@@ -165,6 +172,9 @@ class PxeClient:
         if ok:
             self.phase, self.finished_s = Phase.BOOTED, now_s
             return []
+        self.tftp_failures += 1
+        if self.firmware is Firmware.IPXE:
+            return self._retry_or_fail(now_s)  # the script's `dhcp` loop
         return self._fail(now_s, f"tftp: {reason}")
 
     # ------------------------------------------------------------------ discovery
@@ -192,7 +202,8 @@ class PxeClient:
         if server not in self._answered_this_xid:
             self._answered_this_xid[server] = None
         boot_file = reply.file.rstrip(b"\x00").decode("ascii", "replace")
-        self.offers.append(_Offer(server=server, boot_file=boot_file))
+        file_server = ipv4_text(reply.siaddr) if reply.siaddr != bytes(4) else server
+        self.offers.append(_Offer(server=server, boot_file=boot_file, file_server=file_server))
         return []
 
     def _end_of_window(self, now_s: float) -> list[ClientAction]:
@@ -218,7 +229,7 @@ class PxeClient:
             return self._request(offer.server, now_s, first=True)
         if not offer.boot_file:
             return self._retry_or_fail(now_s)
-        return self._fetch(offer.server, offer.boot_file)
+        return self._fetch(_url_host(offer.boot_file) or offer.file_server, offer.boot_file)
 
     # ------------------------------------------------------------------ 4011 request
 
@@ -254,6 +265,11 @@ class PxeClient:
     def _fail(self, now_s: float, reason: str) -> list[ClientAction]:
         self.phase, self.finished_s, self.failure = Phase.FAILED, now_s, reason
         return []
+
+
+def _url_host(boot_file: str) -> str:
+    """The host of an iPXE script URL (`http://10.0.0.5:8080/boot.ipxe`), or ''."""
+    return urllib.parse.urlsplit(boot_file).hostname or "" if "://" in boot_file else ""
 
 
 def _request(client: PxeClient, message_type: int, secs: int, server: str | None) -> bytes:

@@ -1,9 +1,16 @@
 """Run a scenario with a seed: build the world, schedule boots and faults, run, report.
 
 `Simulation(scenario, seed)` builds everything (nodes are created, not yet started), so a
-caller may add to the world before `run()`: tests inject forged nodes that way. Node boots
-are spread over `start_spread_s`; slow nodes are picked at time 0; each `[[event]]` fires at
-its `at_s` with targets resolved at that moment from `random.Random(f"faults:{seed}")`.
+caller may add to the world before `run()`: tests inject forged nodes that way. Every peer
+runs the real actors of `peerpxe agent`: discovery, election and boot (`peer_builder`).
+Node boots are spread over `start_spread_s`; slow nodes are picked at time 0; each
+`[[event]]` fires at its `at_s` with targets resolved at that moment from
+`random.Random(f"faults:{seed}")` (`leader@subnet` names the subnet's current responder);
+each `[[boot]]` powers on simulated PXE clients (`sim.boot_clients`).
+
+Listeners: `Invariants` (membership), `MembershipMetrics` (detection), `LeadershipWatch`
+(one responder per subnet and term, failover) and `BootClients` (boot success, duplicate
+offers).
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from actors.boot.actor import Boot
+from actors.boot.proxy_dhcp import ArchClass, ProxyPolicy
 from actors.core import Actor, Address, MemberInfo
 from actors.discovery import Discovery
+from actors.election import RESPONDER_CAPABILITY, Election
+from sim.boot_clients import BootClients, BootFigures
 from sim.checkers import Invariants, Violation
 from sim.host import ActorBuilder, Scheduled, SimNode, schedule
+from sim.leadership import LeadershipFigures, LeadershipWatch, percentile
 from sim.metrics import MembershipMetrics
 from sim.scenario import PEER_PORT, TARGET_RULE, EventSpec, Scenario
 from sim.trace import Trace
@@ -50,6 +62,28 @@ class SimResult:
     network: dict[str, int]
     messages_per_peer_per_s: float
     violation_count: int
+    failover_s_p50: float | None = None
+    failover_s_p99: float | None = None
+    failover_s_max: float | None = None
+    failovers: int = 0
+    failovers_unfinished: int = 0
+    handover_s_max: float | None = None
+    dual_leader_episodes: int = 0
+    dual_leader_s_max: float = 0.0
+    dual_offer_rate: float = 0.0
+    dual_offers: int = 0
+    steady_dual_offers: int = 0
+    discovers: int = 0
+    steady_discovers: int = 0
+    boots_attempted: int = 0
+    boots_succeeded: int = 0
+    boots_failed: int = 0
+    boots_failed_unservable: int = 0
+    boot_attempts_failed: int = 0
+    boots_unfinished: int = 0
+    boot_s_p50: float | None = None
+    boot_s_p99: float | None = None
+    boot_failures: dict[str, int] = field(default_factory=dict)
     violations: tuple[Violation, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -59,12 +93,49 @@ class SimResult:
         return data
 
 
+BOOT_FILES: Final = {
+    ArchClass.BIOS: "undionly.kpxe",
+    ArchClass.EFI_X64: "ipxe.efi",
+    ArchClass.HTTP_X64: "ipxe.efi",
+}
+"""What the simulated responders hand out (the names of `peerpxe serve`'s usual files)."""
+
+
 def discovery_builder(scenario: Scenario, seeds: tuple[Address, ...]) -> ActorBuilder:
     """Builds one `Discovery` per node life with the scenario's knobs and seed addresses."""
 
     def build(info: MemberInfo, rng: random.Random, life: int) -> list[Actor]:
         own = tuple(seed for seed in seeds if seed != info.address)
         return [Discovery(self_info=info, rng=rng, knobs=scenario.knobs, seeds=own)]
+
+    return build
+
+
+def peer_builder(scenario: Scenario, seeds: tuple[Address, ...]) -> ActorBuilder:
+    """Builds what `peerpxe agent` runs: discovery, election and boot, per node life.
+
+    A peer is responder-eligible when its `MemberInfo` carries the `responder` capability
+    (the scenario gives it to peers that hold the verified package and have weight > 0).
+    """
+
+    def build(info: MemberInfo, rng: random.Random, life: int) -> list[Actor]:
+        own = tuple(seed for seed in seeds if seed != info.address)
+        election_rng = random.Random(rng.getrandbits(64))
+        policy = ProxyPolicy(
+            boot_files=BOOT_FILES,
+            ipxe_script_url=f"http://{info.address.host}:8080/boot.ipxe",
+            http_boot_url_base=f"http://{info.address.host}:8080/",
+        )
+        return [
+            Discovery(self_info=info, rng=rng, knobs=scenario.knobs, seeds=own),
+            Election(
+                info,
+                election_rng,
+                scenario.election,
+                responder_eligible=RESPONDER_CAPABILITY in info.capabilities,
+            ),
+            Boot(info, policy, info.address.host),
+        ]
 
     return build
 
@@ -88,7 +159,13 @@ class Simulation:
         self.world.listeners += [self.invariants, self.metrics]
         self._rng = random.Random(f"faults:{self.seed}")
         self._subnet_of: dict[str, str] = {}
+        self._eligible: dict[str, bool] = {}
         self._create_nodes(build)
+        self.leadership = LeadershipWatch(self.world, self.invariants, self.is_eligible)
+        self.world.listeners.append(self.leadership)
+        self.boot_clients = BootClients(
+            self.world, scenario.tftp, self.is_eligible, random.Random(f"boots:{self.seed}")
+        )
         self._actions: dict[str, Callable[[EventSpec], None]] = {
             "crash": self._crash,
             "restart": self._restart,
@@ -118,7 +195,11 @@ class Simulation:
         wall_time_s = self.run_finished_wall_s - started
         self.invariants.check_final()
         self.metrics.finish()
-        return self._result(wall_time_s)
+        return self._result(wall_time_s, self.leadership.finish(), self.boot_clients.finish())
+
+    def is_eligible(self, node: SimNode) -> bool:
+        """Whether `node` holds the verified boot package and may be elected responder."""
+        return self._eligible.get(node.node_id, False)
 
     # ----------------------------------------------------------------------- setup
 
@@ -128,12 +209,16 @@ class Simulation:
         for subnet in self.scenario.subnets:
             for index, node_id in enumerate(subnet.node_ids()):
                 address = Address(subnet.host_of(index), PEER_PORT)
-                info = MemberInfo(node_id, subnet.site, subnet.cidr, address, subnet.weight)
+                eligible = subnet.responder_eligible(index)
+                capabilities = (RESPONDER_CAPABILITY,) if eligible else ()
+                weight = subnet.weight_of(index)
+                info = MemberInfo(node_id, subnet.site, subnet.cidr, address, weight, capabilities)
                 infos.append(info)
                 self._subnet_of[node_id] = subnet.name
+                self._eligible[node_id] = eligible
                 if node_id in self.scenario.seed_nodes:
                     seeds.append(address)
-        builder = build or discovery_builder(self.scenario, tuple(seeds))
+        builder = build or peer_builder(self.scenario, tuple(seeds))
         for info in infos:
             self.world.add_node(info, builder)
 
@@ -146,6 +231,9 @@ class Simulation:
         spread_s = self.scenario.start_spread_s
         for node in members:
             self.at(rng.uniform(0.0, spread_s), _bind(self.world.start, node))
+        by_name = {subnet.name: subnet for subnet in self.scenario.subnets}
+        for boot in self.scenario.boots:
+            self.boot_clients.schedule(boot, by_name[boot.subnet])
 
     def _on_scheduled(self, item: Scheduled) -> None:
         item.first()
@@ -192,6 +280,8 @@ class Simulation:
         rule = TARGET_RULE.match(target)
         assert rule is not None, f"target {target!r} was validated"
         subnet = rule.group("subnet")
+        if rule.group("leader"):
+            return self._leaders(subnet, running)
         pool = [
             node
             for node in members.values()
@@ -202,9 +292,22 @@ class Simulation:
             return pool
         return self._rng.sample(pool, min(int(count), len(pool)))
 
+    def _leaders(self, subnet: str | None, running: bool) -> list[SimNode]:
+        """The current responders of `subnet` (every subnet when None)."""
+        wanted = [s for s in self.scenario.subnets if subnet in (None, s.name)]
+        members = self.world.members
+        return [
+            members[node_id]
+            for spec in wanted
+            for node_id in self.leadership.leaders_of(spec.cidr)
+            if members[node_id].running == running
+        ]
+
     # ----------------------------------------------------------------------- report
 
-    def _result(self, wall_time_s: float) -> SimResult:
+    def _result(
+        self, wall_time_s: float, leadership: LeadershipFigures, boots: BootFigures
+    ) -> SimResult:
         world = self.world
         metrics = self.metrics
         network = dict(world.network.counters.values)
@@ -233,6 +336,8 @@ class Simulation:
             messages_per_peer_per_s=messages / member_seconds if member_seconds else 0.0,
             violation_count=self.invariants.count,
             violations=tuple(self.invariants.violations),
+            **_leadership_figures(leadership),
+            **_boot_figures(boots),
         )
 
 
@@ -241,6 +346,39 @@ def run(
 ) -> SimResult:
     """Run `scenario` once with `seed` (default: the scenario's own)."""
     return Simulation(scenario, seed, build).run()
+
+
+def _leadership_figures(figures: LeadershipFigures) -> dict[str, Any]:
+    failovers = figures.failover_s
+    return {
+        "failover_s_p50": percentile(failovers, 0.50),
+        "failover_s_p99": percentile(failovers, 0.99),
+        "failover_s_max": max(failovers, default=None),
+        "failovers": len(failovers),
+        "failovers_unfinished": figures.unfinished,
+        "handover_s_max": max(figures.handover_s, default=None),
+        "dual_leader_episodes": figures.dual_leader_episodes,
+        "dual_leader_s_max": figures.dual_leader_s_max,
+    }
+
+
+def _boot_figures(figures: BootFigures) -> dict[str, Any]:
+    return {
+        "dual_offer_rate": figures.dual_offers / figures.discovers if figures.discovers else 0.0,
+        "dual_offers": figures.dual_offers,
+        "steady_dual_offers": figures.steady_dual_offers,
+        "discovers": figures.discovers,
+        "steady_discovers": figures.steady_discovers,
+        "boots_attempted": figures.attempted,
+        "boots_succeeded": figures.succeeded,
+        "boots_failed": figures.failed,
+        "boots_failed_unservable": figures.failed_unservable,
+        "boot_attempts_failed": figures.failed_attempts,
+        "boots_unfinished": figures.unfinished,
+        "boot_s_p50": percentile(figures.boot_s, 0.50),
+        "boot_s_p99": percentile(figures.boot_s, 0.99),
+        "boot_failures": dict(sorted(figures.failures.items())),
+    }
 
 
 def _bind(function: Callable[[Any], None], argument: object) -> Callable[[], None]:

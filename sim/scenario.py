@@ -12,17 +12,25 @@ import dataclasses
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from actors.discovery import DiscoveryKnobs
+from actors.election import ElectionKnobs
 from sim.network import LatencySpec, NetworkSpec
 
 ACTIONS: Final = ("crash", "restart", "stop", "partition", "heal", "slow")
+FIRMWARES: Final = ("bios", "uefi", "ipxe")
 NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
-TARGET_RULE: Final = re.compile(r"^(random:(?P<count>[0-9]+)|all)(@(?P<subnet>[a-z0-9-]+))?$")
+TARGET_RULE: Final = re.compile(
+    r"^(random:(?P<count>[0-9]+)|all|(?P<leader>leader))(@(?P<subnet>[a-z0-9-]+))?$"
+)
 PEER_PORT: Final = 7946  # memberlist's default port; every simulated peer listens on it
+ARRAY_SECTIONS: Final = ("subnet", "event", "boot")
+"""Sections written `[[name]]`: their errors always carry the index, `boot[0].at_s`."""
+
+Knobs = TypeVar("Knobs", DiscoveryKnobs, ElectionKnobs)
 
 
 class ScenarioError(Exception):
@@ -31,13 +39,21 @@ class ScenarioError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SubnetSpec:
-    """One subnet: its peers are `<site>-<name>-<index:03d>` at consecutive addresses."""
+    """One subnet: its peers are `<site>-<name>-<index:03d>` at consecutive addresses.
+
+    Peer `index` has weight `weights[index]` (or `weight` when `weights` is empty) and holds
+    the verified boot package unless it is one of the first `peers - eligible` peers; it is
+    responder-eligible when it holds the package and its weight is above 0.
+    """
 
     name: str
     cidr: str
     site: str
     peers: int
     weight: int
+    weights: tuple[int, ...] = ()
+    eligible: int | None = None
+    """How many peers hold the verified boot package (the last ones); None: all of them."""
 
     def node_ids(self) -> list[str]:
         """The ids of this subnet's peers, in index order."""
@@ -47,6 +63,53 @@ class SubnetSpec:
         """The IPv4 address of peer `index` (the network address + 1 + index)."""
         network = ipaddress.IPv4Network(self.cidr)
         return str(network.network_address + 1 + index)
+
+    def client_host_of(self, index: int) -> str:
+        """The IPv4 address of PXE client `index` (down from the broadcast address - 1)."""
+        network = ipaddress.IPv4Network(self.cidr)
+        return str(network.broadcast_address - 1 - index)
+
+    def weight_of(self, index: int) -> int:
+        """The election weight of peer `index`."""
+        return self.weights[index] if self.weights else self.weight
+
+    def has_content(self, index: int) -> bool:
+        """Whether peer `index` holds the verified boot package."""
+        return self.eligible is None or index >= self.peers - self.eligible
+
+    def responder_eligible(self, index: int) -> bool:
+        """Whether peer `index` may be elected the subnet's PXE responder."""
+        return self.has_content(index) and self.weight_of(index) > 0
+
+
+@dataclass(frozen=True, slots=True)
+class BootSpec:
+    """`count` PXE clients of `firmware` power on in `subnet` at `at_s` (+ up to `spread_s`).
+
+    A machine whose network boot fails reboots and tries again up to `reboots` times
+    (SeaBIOS `reboot-timeout`, a boot order listing the NIC again, a power cycle).
+    """
+
+    subnet: str
+    at_s: float
+    count: int
+    firmware: str
+    spread_s: float
+    line: int
+    reboots: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TftpSpec:
+    """The modelled boot-program download: its size and each peer's LAN bandwidth."""
+
+    boot_file_bytes: int = 100_000
+    bandwidth_mbit_s: float = 100.0
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        """The serving peer's bandwidth, shared by its concurrent downloads."""
+        return self.bandwidth_mbit_s * 1_000_000 / 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +139,9 @@ class Scenario:
     knobs: DiscoveryKnobs
     subnets: tuple[SubnetSpec, ...]
     events: tuple[EventSpec, ...]
+    election: ElectionKnobs = field(default_factory=ElectionKnobs)
+    boots: tuple[BootSpec, ...] = ()
+    tftp: TftpSpec = field(default_factory=TftpSpec)
 
     def node_ids(self) -> list[str]:
         """Every peer id, subnet by subnet."""
@@ -149,14 +215,15 @@ class _Reader:
         line = self._locate(section, occurrence, key)
         label = (
             section
-            if occurrence == 0 and section not in ("subnet", "event")
+            if occurrence == 0 and section not in ARRAY_SECTIONS
             else (f"{section}[{occurrence}]")
         )
         where = f"{label}.{key}" if key else label
         return ScenarioError(f"{self._path}:{line}: {where}: {problem}")
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
-        self._only(data, "", 0, ("scenario", "network", "discovery", "subnet", "event"))
+        sections = ("scenario", "network", "discovery", "election", "subnet", "event", "boot")
+        self._only(data, "", 0, (*sections, "tftp"))
         head = _Table(self, "scenario", 0, self._table(data, "scenario", required=True))
         name = head.name("name")
         duration_s = head.number("duration_s", minimum=0.0, exclusive=True)
@@ -165,13 +232,16 @@ class _Reader:
         seed_nodes = head.strings("seed_nodes", default=())
         head.done()
         network, slow_fraction, slow_delay_s = self._network(self._table(data, "network"))
-        knobs = self._knobs(self._table(data, "discovery"))
+        knobs = self._knobs(self._table(data, "discovery"), "discovery", DiscoveryKnobs())
+        election = self._knobs(self._table(data, "election"), "election", ElectionKnobs())
         subnets = self._subnets(data.get("subnet"))
         known = {node_id for subnet in subnets for node_id in subnet.node_ids()}
         for node_id in seed_nodes:
             if node_id not in known:
                 raise self.fail("scenario", 0, "seed_nodes", f"unknown node id {node_id!r}")
         events = self._events(data.get("event", []), subnets, known, slow_delay_s)
+        boots = self._boots(data.get("boot", []), subnets)
+        tftp = self._tftp(self._table(data, "tftp"))
         return Scenario(
             path=self._path,
             name=name,
@@ -185,6 +255,9 @@ class _Reader:
             knobs=knobs,
             subnets=subnets,
             events=events,
+            election=election,
+            boots=boots,
+            tftp=tftp,
         )
 
     def _table(self, data: dict[str, Any], name: str, required: bool = False) -> dict[str, Any]:
@@ -212,21 +285,23 @@ class _Reader:
         spec = NetworkSpec(lan=lan, wan=wan, loss=loss, duplicate=duplicate)
         return spec, slow_fraction, slow_delay_s
 
-    def _knobs(self, data: dict[str, Any]) -> DiscoveryKnobs:
-        defaults = DiscoveryKnobs()
-        table = _Table(self, "discovery", 0, data)
+    def _knobs(self, data: dict[str, Any], section: str, defaults: Knobs) -> Knobs:
+        """Overrides of a knobs dataclass's numeric fields; the knobs' own checks apply."""
+        table = _Table(self, section, 0, data)
         values: dict[str, Any] = {}
-        for field in dataclasses.fields(defaults):
-            default = getattr(defaults, field.name)
-            if isinstance(default, int) and not isinstance(default, bool):
-                values[field.name] = table.integer(field.name, default=default, minimum=0)
+        for knob in dataclasses.fields(defaults):
+            default = getattr(defaults, knob.name)
+            if isinstance(default, bool):
+                continue
+            if isinstance(default, int):
+                values[knob.name] = table.integer(knob.name, default=default, minimum=0)
             elif isinstance(default, float):
-                values[field.name] = table.number(field.name, default=default, minimum=0.0)
+                values[knob.name] = table.number(knob.name, default=default, minimum=0.0)
         table.done()
         try:
-            return DiscoveryKnobs(**values)
+            return dataclasses.replace(defaults, **values)
         except (AssertionError, ValueError) as error:
-            raise self.fail("discovery", 0, None, f"invalid knobs: {error}") from error
+            raise self.fail(section, 0, None, f"invalid knobs: {error}") from error
 
     def _subnets(self, raw: object) -> tuple[SubnetSpec, ...]:
         if not isinstance(raw, list) or not raw:
@@ -234,12 +309,15 @@ class _Reader:
         subnets: list[SubnetSpec] = []
         for index, data in enumerate(raw):
             table = _Table(self, "subnet", index, data)
+            peers = table.integer("peers", minimum=1)
             subnet = SubnetSpec(
                 name=table.name("name"),
                 cidr=table.string("cidr"),
                 site=table.name("site"),
-                peers=table.integer("peers", minimum=1),
+                peers=peers,
                 weight=table.integer("weight", default=50, minimum=0, maximum=100),
+                weights=table.weights("weights", peers),
+                eligible=table.count_or_fraction("eligible", peers),
             )
             table.done()
             self._check_subnet(subnet, index, subnets)
@@ -277,23 +355,70 @@ class _Reader:
             if action != "heal" and not targets:
                 raise self.fail("event", index, "targets", f"{action} needs targets")
             for target in targets:
-                problem = _target_problem(target, subnet_names, known)
+                problem = _target_problem(target, subnet_names, known, action)
                 if problem:
                     raise self.fail("event", index, "targets", problem)
             line = self._locate("event", index)
             events.append(EventSpec(at_s, action, targets, delay_s, line))
         return tuple(sorted(events, key=lambda event: event.at_s))
 
+    def _boots(self, raw: object, subnets: tuple[SubnetSpec, ...]) -> tuple[BootSpec, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("boot", 0, None, "expected [[boot]] tables")
+        by_name = {subnet.name: subnet for subnet in subnets}
+        clients: dict[str, int] = {}
+        boots: list[BootSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "boot", index, data)
+            subnet = table.choice("subnet", tuple(by_name))
+            boot = BootSpec(
+                subnet=subnet,
+                at_s=table.number("at_s", minimum=0.0),
+                count=table.integer("count", default=1, minimum=1),
+                firmware=table.choice("firmware", FIRMWARES, default="bios"),
+                spread_s=table.number("spread_s", default=0.0, minimum=0.0),
+                line=self._locate("boot", index),
+                reboots=table.integer("reboots", default=3, minimum=0, maximum=10),
+            )
+            table.done()
+            clients[subnet] = clients.get(subnet, 0) + boot.count
+            spec = by_name[subnet]
+            room = ipaddress.IPv4Network(spec.cidr).num_addresses - 2 - spec.peers
+            if clients[subnet] > room:
+                problem = (
+                    f"{clients[subnet]} clients and {spec.peers} peers do not fit in {spec.cidr}"
+                )
+                raise self.fail("boot", index, "count", problem)
+            boots.append(boot)
+        return tuple(boots)
 
-def _target_problem(target: str, subnet_names: list[str], known: set[str]) -> str | None:
+    def _tftp(self, data: dict[str, Any]) -> TftpSpec:
+        table = _Table(self, "tftp", 0, data)
+        defaults = TftpSpec()
+        size = table.integer("boot_file_bytes", default=defaults.boot_file_bytes, minimum=1)
+        bandwidth = table.number(
+            "bandwidth_mbit_s", default=defaults.bandwidth_mbit_s, minimum=0.0, exclusive=True
+        )
+        table.done()
+        return TftpSpec(boot_file_bytes=size, bandwidth_mbit_s=bandwidth)
+
+
+def _target_problem(
+    target: str, subnet_names: list[str], known: set[str], action: str
+) -> str | None:
     if target in known:
         return None
     rule = TARGET_RULE.match(target)
     if rule is None:
-        return f"{target!r} is neither a node id nor a rule like 'random:3@subnet-a' or 'all'"
+        return (
+            f"{target!r} is neither a node id nor a rule like 'random:3@subnet-a', 'all' or "
+            "'leader@subnet-a'"
+        )
     subnet = rule.group("subnet")
     if subnet is not None and subnet not in subnet_names:
         return f"{target!r}: unknown subnet {subnet!r}"
+    if rule.group("leader") and action == "restart":
+        return f"{target!r}: a leader is running; restart picks among stopped peers"
     return None
 
 
@@ -339,8 +464,8 @@ class _Table:
             raise self._fail(key, f"expected a short lowercase name [a-z0-9-], got {value!r}")
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...]) -> str:
-        value = self.string(key)
+    def choice(self, key: str, choices: tuple[str, ...], default: object = _MISSING) -> str:
+        value = self.string(key, default)
         if value not in choices:
             raise self._fail(key, f"expected one of {choices}, got {value!r}")
         return value
@@ -350,6 +475,32 @@ class _Table:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise self._fail(key, f"expected a list of strings, got {value!r}")
         return tuple(value)
+
+    def weights(self, key: str, peers: int) -> tuple[int, ...]:
+        """Per-peer election weights, one per peer, each 0 ... 100; absent: ()."""
+        value = self._get(key, ())
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in value
+        )
+        if not ok:
+            raise self._fail(key, f"expected a list of integers 0 ... 100, got {value!r}")
+        assert isinstance(value, list | tuple)
+        if value and len(value) != peers:
+            raise self._fail(key, f"expected {peers} weights (one per peer), got {len(value)}")
+        return tuple(value)
+
+    def count_or_fraction(self, key: str, total: int) -> int | None:
+        """An integer count 0 ... `total`, or a fraction 0.0 ... 1.0 of `total` (rounded half
+        up); absent: None."""
+        value = self._get(key, None)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= total:
+            return value
+        if isinstance(value, float) and 0.0 <= value <= 1.0:
+            return int(value * total + 0.5)
+        problem = f"expected a count 0 ... {total} or a fraction 0.0 ... 1.0, got {value!r}"
+        raise self._fail(key, problem)
 
     def integer(
         self, key: str, default: object = _MISSING, minimum: int = 0, maximum: int | None = None

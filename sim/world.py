@@ -3,7 +3,9 @@
 `World` owns the SimPy environment and every `SimNode`, in creation order (the order in which
 anything is ever iterated). Faults go through it (`start`, `crash`, `stop`, `partition`,
 `heal`, `set_slow`) so that each one is traced and reported to the listeners (checkers,
-metrics) at the simulated time it happens.
+metrics) at the simulated time it happens; so do the membership and leadership changes the
+nodes' actors tell each other. DHCP replies of the boot actors go to `dhcp_clients`, the
+simulated PXE clients, when there are any.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import simpy
 
-from actors.core import Address, Counters, Log, MemberChanged, MemberInfo, NodeId
+from actors.core import (
+    Address,
+    Counters,
+    LeadershipChanged,
+    Log,
+    MemberChanged,
+    MemberInfo,
+    NodeId,
+    SendDhcpReply,
+)
 from sim.host import ActorBuilder, SimNode
 from sim.mdns import Mdns
 from sim.network import Network, NetworkSpec
@@ -31,6 +42,18 @@ class Listener(Protocol):
 
     def lifecycle(self, now_s: float, node: SimNode | None, what: str) -> None:
         """`node` started, crashed, stopped, was partitioned or made slow; None: healed."""
+        ...
+
+    def leadership_changed(self, now_s: float, node: SimNode, event: LeadershipChanged) -> None:
+        """`node`'s election told its siblings that its standing in `event.scope` changed."""
+        ...
+
+
+class DhcpClients(Protocol):
+    """Where the boot actors' DHCP replies go (the simulated PXE clients)."""
+
+    def on_reply(self, node: SimNode, command: SendDhcpReply) -> None:
+        """`node`'s boot actor sent `command` (a broadcast offer or a unicast 4011 answer)."""
         ...
 
 
@@ -54,6 +77,7 @@ class World:
         self.dropped = Counters()
         self.events = 0
         self.log_sink: Callable[[float, SimNode, Log], None] | None = None
+        self.dhcp_clients: DhcpClients | None = None
 
     def add_node(
         self, info: MemberInfo, build: ActorBuilder, cluster_key: bytes | None = None
@@ -129,6 +153,23 @@ class World:
         )
         for listener in self.listeners:
             listener.member_changed(now_s, observer, event)
+
+    def leadership_changed(self, node: SimNode, event: LeadershipChanged) -> None:
+        """`node`'s election actor told its siblings a new standing (leading, standby rank)."""
+        now_s = self.env.now
+        detail = (
+            f"{event.scope} {int(event.leading)} {event.term} {event.leader} {event.standby_rank}"
+        )
+        self.trace.record(now_s, node.node_id, "lead", detail)
+        for listener in self.listeners:
+            listener.leadership_changed(now_s, node, event)
+
+    def dhcp_reply(self, node: SimNode, command: SendDhcpReply) -> None:
+        """`node`'s boot actor answered a PXE client: carry the reply to the client(s)."""
+        if self.dhcp_clients is None:
+            self.dropped.add("dhcp_no_client")
+            return
+        self.dhcp_clients.on_reply(node, command)
 
     def log(self, node: SimNode, command: Log) -> None:
         """A `Log` command: handed to the optional sink, never part of the digest."""

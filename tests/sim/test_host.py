@@ -112,6 +112,9 @@ def test_crash_is_detected_and_reported_to_listeners() -> None:
         def lifecycle(self, now_s: float, node: object, what: str) -> None:
             pass
 
+        def leadership_changed(self, now_s: float, node: object, event: object) -> None:
+            pass
+
     sim.listeners.append(Recorder())
     for node in nodes:
         sim.start(node)
