@@ -76,7 +76,7 @@ UPDATES_PER_MESSAGE_MAX: Final = 7
 SYNC_MEMBERS_PER_MESSAGE_MAX: Final = 7
 PENDING_SIGHTINGS_MAX: Final = 4096
 """mDNS sightings awaiting authenticated contact; more are ignored until some resolve."""
-MEMBER_LISTENERS: Final = (ActorName.ELECTION, ActorName.REPLICATION)
+MEMBER_LISTENERS: Final = (ActorName.ELECTION, ActorName.REPLICATION, ActorName.BOOT)
 """Actors of this peer that are told every `MemberChanged`."""
 
 _PROBE_TIMER: Final = "probe"

@@ -227,7 +227,10 @@ class Agent:
             config.election,
             responder_eligible=self.responder_eligible,
         )
-        boot_knobs = BootKnobs(answer_retries_as_standby=config.boot.answer_retries_as_standby)
+        boot_knobs = BootKnobs(
+            answer_retries_as_standby=config.boot.answer_retries_as_standby,
+            spread_file_servers=config.boot.spread_file_servers,
+        )
         policy = boot_policy(self._boot_settings())
         boot = Boot(self_info, policy, self._boot_settings().server, boot_knobs)
         try:

@@ -80,6 +80,7 @@ class BootConfig:
     tftp_port: int = 69
     http_port: int = 8080
     answer_retries_as_standby: bool = True
+    spread_file_servers: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,12 @@ class NetworkInfo(Protocol):
 
 def load_config(path: Path, network: NetworkInfo | None = None) -> AgentConfig:
     """Read, validate and complete `path`; raise `ConfigError` with file:line: key on error."""
+    text, document = read_toml(path)
+    return _Loader(path, text, document, network or LinuxNetworkInfo()).load()
+
+
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text and the parsed document of a TOML file; `ConfigError` (with the line) if not."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -160,7 +167,7 @@ def load_config(path: Path, network: NetworkInfo | None = None) -> AgentConfig:
         match = re.search(r"at line (\d+)", str(error))
         line = int(match.group(1)) if match else None
         raise ConfigError(path, line, None, f"syntax error: {error}") from error
-    return _Loader(path, text, document, network or LinuxNetworkInfo()).load()
+    return text, document
 
 
 # --------------------------------------------------------------------------- value checks
@@ -308,6 +315,7 @@ _BOOT_CHECKS: Final[dict[str, Check]] = {
     "tftp_port": _integer_in(1, 65_535),
     "http_port": _integer_in(1, 65_535),
     "answer_retries_as_standby": _boolean,
+    "spread_file_servers": _boolean,
 }
 _LOG_CHECKS: Final[dict[str, Check]] = {"level": _log_level}
 SCHEMA: Final[dict[str, dict[str, Check]]] = {
@@ -479,6 +487,7 @@ class _Loader:
             tftp_port=boot.get("tftp_port", 69),
             http_port=boot.get("http_port", 8080),
             answer_retries_as_standby=boot.get("answer_retries_as_standby", True),
+            spread_file_servers=boot.get("spread_file_servers", True),
         )
 
 
@@ -500,20 +509,32 @@ def parse_key(data: bytes) -> bytes:
 
 
 def key_lines(text: str) -> dict[str, int]:
-    """Map `section` and `section.key` to the (1-based) line that declares or assigns it."""
+    """Map `section` and `section.key` to the (1-based) line that declares or assigns it.
+
+    The N-th table of an array of tables (`[[serve.rule]]`) is also mapped by its 1-based
+    index: `serve.rule[N]` and `serve.rule[N].key`.
+    """
     lines: dict[str, int] = {}
-    section = ""
+    tables_seen: dict[str, int] = {}
+    section = indexed = ""
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         header = re.match(r"^\[\[?\s*([^\]#]+?)\s*\]\]?", line)
         if header:
             section = header.group(1).replace('"', "").replace("'", "")
             lines.setdefault(section, number)
+            indexed = ""
+            if line.startswith("[["):
+                tables_seen[section] = tables_seen.get(section, 0) + 1
+                indexed = f"{section}[{tables_seen[section]}]"
+                lines[indexed] = number
             continue
         assignment = re.match(r"^([A-Za-z0-9_.\-\"' ]+?)\s*=", line)
         if assignment:
             key = assignment.group(1).replace('"', "").replace("'", "").replace(" ", "")
             lines.setdefault(f"{section}.{key}" if section else key, number)
+            if indexed:
+                lines.setdefault(f"{indexed}.{key}", number)
     return lines
 
 

@@ -7,24 +7,36 @@ leading (with the term), a standby rank, or neither. Every datagram on UDP 67 or
 in as `DhcpPacketReceived`; the pure `proxy_dhcp.answer_datagram` decides the reply.
 
 - LEADING: answer every valid PXE request at once.
-- STANDBY rank 1 (`answer_retries_as_standby`): answer only a *retry*, a DISCOVER whose `secs`
-  field says the client has waited at least `retry_secs_min` (PXE firmware resends after
-  4, 8, 16, 32 s), or a second DISCOVER from the same client within `retry_window_s`. The
-  leader answers first requests at once, so a retry means its answer did not arrive (dead
-  leader not yet replaced, its replies dropped by DHCP snooping, or loss): the standby then
-  costs the client one retry instead of the whole boot (pxe-protocol-notes.md §2.4).
+- STANDBY rank 1 (`answer_retries_as_standby`): answer only a *repeated retry*: a DISCOVER
+  whose `secs` field says the client has waited at least `retry_secs_min` (12 s: a PXE ROM
+  resends after 4, 8, 16, 32 s, so secs 4 is its first retry and 12 its second), or the
+  `retry_discovers_min`-th DISCOVER (3rd) from the same client within `retry_window_s`.
+  The leader answers first requests at once, and a crashed leader is replaced within about
+  2 s, before the client's *first* retry; so the first retry is left to the (new) leader,
+  which keeps each DISCOVER to one offer through a failover. A client that still retries a
+  second time is not being heard by any leader (its replies dropped by DHCP snooping, a
+  leader that peers see but clients do not, heavy loss): the standby then costs the client
+  two retries instead of the whole boot (pxe-protocol-notes.md §2.4).
 - otherwise: stay silent, count why.
 
 TFTP and HTTP are served by every peer holding the verified package, leader or not; they do
-not pass through this actor.
+not pass through this actor. One answerer, many servers (`spread_file_servers`): the answer
+names as TFTP server (`siaddr`, the firmware's "next server") another responder-eligible
+peer of the subnet, chosen per client by rendezvous hashing of its MAC over the peers that
+discovery reports ALIVE and that have been up for `file_server_min_uptime_s`; this peer
+itself when there is none. The answering responder is then not also the server of every
+download in flight: when it dies (the case failover exists for) the clients holding its
+offer still fetch their boot program, and a boot storm is spread over the subnet's peers.
+A peer that has only just come up (perhaps in a crash loop) is not chosen.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from actors.boot.dhcp_packet import DhcpDecodeError, DhcpPacket, decode_packet
+from actors.boot.dhcp_packet import DhcpDecodeError, DhcpPacket, decode_packet, ipv4_text
 from actors.boot.proxy_dhcp import PXE_PORT, DhcpReply, Ignore, ProxyPolicy, answer
 from actors.core import (
     ActorName,
@@ -35,7 +47,10 @@ from actors.core import (
     LeadershipChanged,
     Log,
     LogLevel,
+    MemberChanged,
     MemberInfo,
+    MemberState,
+    NodeId,
 )
 from actors.election import RESPONDER_CAPABILITY
 
@@ -48,8 +63,15 @@ class BootKnobs:
     """When a standby steps in for a leader whose answers do not arrive."""
 
     answer_retries_as_standby: bool = True
-    retry_secs_min: int = 4
+    retry_secs_min: int = 12
+    """`secs` (RFC 2131 §2) of a PXE ROM's second retry (4, 8, 16, 32 s windows: 4 + 8)."""
+    retry_discovers_min: int = 3
+    """DISCOVERs seen from one client within `retry_window_s` before a standby answers."""
     retry_window_s: float = 60.0
+    spread_file_servers: bool = True
+    """Name another eligible peer as the TFTP server (see the module docstring)."""
+    file_server_min_uptime_s: float = 10.0
+    """How long a peer must have been seen ALIVE before it is named as a file server."""
 
 
 class Boot:
@@ -72,7 +94,10 @@ class Boot:
         self.term = 0
         self.standby_rank = 0
         self._scope = f"subnet:{self_info.subnet}"
-        self._first_seen_s: dict[str, float] = {}
+        self._file_servers: dict[NodeId, tuple[str, float]] = {}
+        """Eligible ALIVE peers of our subnet: host address, and since when ALIVE."""
+        self._seen: dict[str, tuple[float, int]] = {}
+        """Per client MAC: when its first recent DISCOVER came, and how many came since."""
 
     def start(self, now_s: float) -> list[Command]:
         """Nothing to arm: the boot actor waits for packets and leadership news."""
@@ -86,7 +111,33 @@ class Boot:
                 return self._on_leadership(event)
             case DhcpPacketReceived():
                 return self._on_packet(event, now_s)
+            case MemberChanged():
+                self._on_member(event, now_s)
         return []
+
+    def _on_member(self, event: MemberChanged, now_s: float) -> None:
+        member = event.member
+        if member.subnet != self.self_info.subnet or member.node_id == self.self_info.node_id:
+            return
+        eligible = RESPONDER_CAPABILITY in member.capabilities and member.weight > 0
+        if event.state is MemberState.ALIVE and eligible:
+            known = self._file_servers.get(member.node_id)
+            since_s = known[1] if known is not None else now_s
+            self._file_servers[member.node_id] = (member.address.host, since_s)
+        else:
+            self._file_servers.pop(member.node_id, None)
+
+    def file_server_for(self, mac: bytes, now_s: float) -> str:
+        """The TFTP server to name for client `mac` (rendezvous hashing; see the docstring)."""
+        if not self.knobs.spread_file_servers:
+            return self.server_address
+        settled_s = now_s - self.knobs.file_server_min_uptime_s
+        hosts = sorted(
+            host for host, since_s in self._file_servers.values() if since_s <= settled_s
+        )
+        if not hosts:
+            return self.server_address
+        return max(hosts, key=lambda host: hashlib.sha256(mac + host.encode()).digest())
 
     def _on_leadership(self, event: LeadershipChanged) -> list[Command]:
         assert event.capability == RESPONDER_CAPABILITY
@@ -117,6 +168,7 @@ class Boot:
             source=event.source,
             server=self.server_address,
             policy=self.policy,
+            file_server=self.file_server_for(request.chaddr[: request.hlen], now_s),
         )
         return self._commands_for(decision)
 
@@ -124,21 +176,19 @@ class Boot:
         return self.knobs.answer_retries_as_standby and self.standby_rank == 1
 
     def _is_retry(self, request: DhcpPacket, now_s: float) -> bool:
-        """The client has waited long enough, or asked before: the leader's answer is lost."""
-        if request.secs >= self.knobs.retry_secs_min:
-            return True
-        key = request.chaddr.hex()
-        first_s = self._first_seen_s.get(key)
-        if first_s is None or now_s - first_s > self.knobs.retry_window_s:
-            self._remember(key, now_s)
-            return False
-        return True
+        """The client has waited long enough, or asked often enough: no leader hears it."""
+        count = self._count_discover(request.chaddr.hex(), now_s)
+        return request.secs >= self.knobs.retry_secs_min or count >= self.knobs.retry_discovers_min
 
-    def _remember(self, key: str, now_s: float) -> None:
-        self._first_seen_s.pop(key, None)
-        if len(self._first_seen_s) >= RECENT_CLIENTS_MAX:
-            del self._first_seen_s[next(iter(self._first_seen_s))]
-        self._first_seen_s[key] = now_s
+    def _count_discover(self, key: str, now_s: float) -> int:
+        """Count one more DISCOVER from `key`; the oldest client is forgotten when full."""
+        first_s, count = self._seen.pop(key, (now_s, 0))
+        if now_s - first_s > self.knobs.retry_window_s:
+            first_s, count = now_s, 0
+        if len(self._seen) >= RECENT_CLIENTS_MAX:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = (first_s, count + 1)
+        return count + 1
 
     def _commands_for(self, decision: DhcpReply | Ignore) -> list[Command]:
         if isinstance(decision, Ignore):
@@ -149,6 +199,7 @@ class Boot:
             ("arch", decision.client.arch),
             ("port", decision.source.port),
             ("file", decision.boot_file),
+            ("file_server", ipv4_text(decision.payload[20:24])),
             ("term", self.term),
         )
         return [

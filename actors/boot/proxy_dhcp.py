@@ -309,9 +309,20 @@ def answer_datagram(
 
 
 def answer(
-    request: DhcpPacket, *, local_port: int, source: Address, server: str, policy: ProxyPolicy
+    request: DhcpPacket,
+    *,
+    local_port: int,
+    source: Address,
+    server: str,
+    policy: ProxyPolicy,
+    file_server: str | None = None,
 ) -> DhcpReply | Ignore:
-    """The ProxyDHCP answer to `request`, which came from `source` to `server:local_port`."""
+    """The ProxyDHCP answer to `request`, which came from `source` to `server:local_port`.
+
+    `file_server` (default `server`) goes into `siaddr` and, on 4011, `sname`: the TFTP
+    server the firmware downloads the boot file from (RFC 2131 §2 "next server"). Option 54
+    stays `server`, where a UEFI client sends its 4011 request.
+    """
     assert local_port in (DHCP_SERVER_PORT, PXE_PORT), local_port
     server_address = ipv4_bytes(server)
     client = classify(request, local_port, server_address, policy)
@@ -320,7 +331,9 @@ def answer(
     recipe = choose_boot(client, local_port, policy)
     if isinstance(recipe, Ignore):
         return recipe
-    payload = _encode_answer(request, client, recipe, local_port, server)
+    payload = _encode_answer(
+        request, client, recipe, local_port, server, file_server=file_server or server
+    )
     if local_port == PXE_PORT:
         target = source
     elif request.giaddr != ZERO_ADDRESS:
@@ -495,7 +508,13 @@ def _policy_refusal(mac: str, policy: ProxyPolicy) -> Ignore | None:
 
 
 def _encode_answer(
-    request: DhcpPacket, client: PxeClient, recipe: BootRecipe, local_port: int, server: str
+    request: DhcpPacket,
+    client: PxeClient,
+    recipe: BootRecipe,
+    local_port: int,
+    server: str,
+    *,
+    file_server: str,
 ) -> bytes:
     server_address = ipv4_bytes(server)
     on_pxe_port = local_port == PXE_PORT
@@ -523,8 +542,8 @@ def _encode_answer(
     return build_reply(
         request,
         options,
-        siaddr=server_address,
-        sname=server.encode("ascii") if on_pxe_port else b"",
+        siaddr=ipv4_bytes(file_server),
+        sname=file_server.encode("ascii") if on_pxe_port else b"",
         file=file,
         flags=None if on_pxe_port else request.flags | BROADCAST_FLAG,
         ciaddr=request.ciaddr if on_pxe_port else ZERO_ADDRESS,

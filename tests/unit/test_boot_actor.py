@@ -10,7 +10,9 @@ from actors.core import (
     CountMetric,
     DhcpPacketReceived,
     LeadershipChanged,
+    MemberChanged,
     MemberInfo,
+    MemberState,
     SendDhcpReply,
 )
 from actors.election import RESPONDER_CAPABILITY
@@ -63,16 +65,31 @@ def test_stepping_down_stops_answers_immediately() -> None:
     assert CountMetric("boot.silent_not_leader") in commands
 
 
-def test_first_standby_answers_only_retries() -> None:
-    """Rank-1 standby: silent on a first DISCOVER, answers secs >= 4 or a repeat."""
+def test_first_standby_answers_only_repeated_retries() -> None:
+    """Rank-1 standby: silent on a first DISCOVER and on the first retry (the new leader's
+    turn); answers a client's third DISCOVER, or one with secs >= 12 (a ROM's second retry)."""
     boot = _boot()
     boot.handle(_standing(leading=False, rank=1), 0.0)
     first = boot.handle(_discover(secs=0), 1.0)
     assert _replies(first) == []
     assert CountMetric("boot.silent_standby") in first
-    assert len(_replies(boot.handle(_discover(secs=0), 5.0))) == 1  # the same client again
+    assert _replies(boot.handle(_discover(secs=4), 5.0)) == []  # the first retry: not yet
+    assert len(_replies(boot.handle(_discover(secs=4), 13.0))) == 1  # the third DISCOVER
     other = "52:54:00:aa:bb:cc"
-    assert len(_replies(boot.handle(_discover(secs=4, mac=other), 5.0))) == 1
+    assert _replies(boot.handle(_discover(secs=11, mac=other), 5.0)) == []
+    third = "52:54:00:aa:bb:cd"
+    assert len(_replies(boot.handle(_discover(secs=12, mac=third), 5.0))) == 1
+
+
+def test_standby_forgets_old_discovers_after_the_retry_window() -> None:
+    """DISCOVERs older than retry_window_s do not count towards a retry."""
+    boot = _boot(BootKnobs(retry_window_s=10.0))
+    boot.handle(_standing(leading=False, rank=1), 0.0)
+    for now_s in (1.0, 5.0):
+        assert _replies(boot.handle(_discover(secs=0), now_s)) == []
+    assert _replies(boot.handle(_discover(secs=0), 20.0)) == []  # counting starts again
+    assert _replies(boot.handle(_discover(secs=0), 21.0)) == []
+    assert len(_replies(boot.handle(_discover(secs=0), 22.0))) == 1
 
 
 def test_second_standby_and_others_never_answer_discovers() -> None:
@@ -120,3 +137,52 @@ def test_ipxe_gets_the_script_url_not_the_boot_program_again() -> None:
     event = DhcpPacketReceived(payload, CLIENT, Address(pxe_clients.SERVER, 67))
     (reply,) = _replies(boot.handle(event, 1.0))
     assert b"boot.ipxe" in reply.payload
+
+
+def _peer(index: int, *, eligible: bool = True, weight: int = 50) -> MemberInfo:
+    capabilities = (RESPONDER_CAPABILITY,) if eligible else ()
+    address = Address(f"192.0.2.{20 + index}", 7947)
+    return MemberInfo(f"p{20 + index}", "s1", SUBNET, address, weight, capabilities)
+
+
+def _siaddr(commands: list[Command]) -> str:
+    (reply,) = _replies(commands)
+    return ".".join(str(byte) for byte in reply.payload[20:24])
+
+
+def test_answer_names_a_settled_eligible_peer_as_file_server() -> None:
+    """One answerer, many servers: siaddr is another eligible peer that has been ALIVE for
+    file_server_min_uptime_s, chosen per MAC; the answering responder keeps option 54."""
+    boot = _boot()
+    boot.handle(_standing(leading=True), 0.0)
+    for index in range(3):
+        boot.handle(MemberChanged(_peer(index), MemberState.ALIVE, 0), 0.0)
+    boot.handle(MemberChanged(_peer(3, eligible=False), MemberState.ALIVE, 0), 0.0)
+    boot.handle(MemberChanged(_peer(4, weight=0), MemberState.ALIVE, 0), 0.0)
+    early = boot.handle(_discover(), 5.0)
+    assert _siaddr(early) == pxe_clients.SERVER  # nobody settled yet: ourselves
+    chosen = {
+        _siaddr(boot.handle(_discover(mac=f"52:54:00:00:01:{index:02x}"), 20.0))
+        for index in range(40)
+    }
+    assert chosen == {"192.0.2.20", "192.0.2.21", "192.0.2.22"}  # spread, never 23 or 24
+    again = boot.handle(_discover(mac="52:54:00:00:01:05"), 21.0)
+    assert _siaddr(again) == _siaddr(boot.handle(_discover(mac="52:54:00:00:01:05"), 22.0))
+
+
+def test_dead_file_server_is_no_longer_named() -> None:
+    """A peer discovery declares DEAD (or that leaves) is dropped from the file servers."""
+    boot = _boot()
+    boot.handle(_standing(leading=True), 0.0)
+    boot.handle(MemberChanged(_peer(0), MemberState.ALIVE, 0), 0.0)
+    assert _siaddr(boot.handle(_discover(), 20.0)) == "192.0.2.20"
+    boot.handle(MemberChanged(_peer(0), MemberState.DEAD, 0), 21.0)
+    assert _siaddr(boot.handle(_discover(), 22.0)) == pxe_clients.SERVER
+
+
+def test_file_server_spreading_can_be_switched_off() -> None:
+    """spread_file_servers=False: the responder names itself, as a one-machine server does."""
+    boot = _boot(BootKnobs(spread_file_servers=False))
+    boot.handle(_standing(leading=True), 0.0)
+    boot.handle(MemberChanged(_peer(0), MemberState.ALIVE, 0), 0.0)
+    assert _siaddr(boot.handle(_discover(), 20.0)) == pxe_clients.SERVER

@@ -232,7 +232,7 @@ def test_boot_section_defaults_and_values(tmp_path: Path) -> None:
         "[boot]\nenabled = true\nroot = 'tftp'\nbios = '/undionly.kpxe'\n"
         "efi64 = 'efi\\\\ipxe.efi'\n"
         "ipxe_script = 'boot.ipxe'\ntftp_port = 1069\nhttp_port = 80\n"
-        "answer_retries_as_standby = false\n"
+        "answer_retries_as_standby = false\nspread_file_servers = false\n"
     )
     config = load_config(write(tmp_path, text), FakeNetwork())
     assert config.boot == BootConfig(
@@ -245,6 +245,7 @@ def test_boot_section_defaults_and_values(tmp_path: Path) -> None:
         tftp_port=1069,
         http_port=80,
         answer_retries_as_standby=False,
+        spread_file_servers=False,
     )
 
 
