@@ -3,17 +3,21 @@
 Layout (all names carry a unique prefix `ppx` + random hex; everything is removed in
 `close()`, also after a failed test; the host's own network is never touched):
 
-    ns <p>net   bridge br0, tap <p>tap (QEMU's NIC), veths to the two server namespaces;
+    ns <p>net   bridge br0, tap <p>tap (QEMU's NIC), veths to the server namespaces;
                 QEMU itself runs here (`ip netns exec`), so it can open the tap
     ns <p>pxe   eth0 10.77.0.1/24: the PXE responder (ProxyDHCP 67/4011, TFTP, HTTP)
     ns <p>dhcp  eth0 10.77.0.2/24: dnsmasq as the site's plain DHCP server, addresses only
+    ns <p>n1..  eth0 10.77.0.11.. (`PeerpxeAgents`, instead of <p>pxe): one `peerpxe agent`
+                each, electing the subnet's responder among themselves over real mDNS
 
-The responder is pluggable (`Responder`): `PeerpxeServe` runs `peerpxe serve`, the thing
-under test; `DnsmasqProxy` is a stand-in built from dnsmasq in proxy mode plus a Python HTTP
-server, used to prove the VM side (firmware, network, payload, serial capture) independently.
+The single responder is pluggable (`Responder`): `PeerpxeServe` runs `peerpxe serve`, the
+thing under test; `DnsmasqProxy` is a stand-in built from dnsmasq in proxy mode plus a Python
+HTTP server, used to prove the VM side (firmware, network, payload, serial capture)
+independently. `PeerpxeAgents` replaces both with self-healing agents (failover tests).
 
 QEMU writes everything its NIC sends and receives to a pcap file (`-object filter-dump`), so
-the tests judge the exchange from the wire (`Capture`), not only from the responder's word.
+the tests judge the exchange from the wire (`Capture`), not only from the responder's word;
+`send_note` puts a test's own actions (a kill) into that pcap.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from tests.e2e.capture import DISCARD_PORT
+from tests.netns.netlab import AgentProcess, agreed_responder, launch_agent, socket_in
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "e2e"
@@ -49,6 +57,9 @@ BIOS_FILE = "undionly.kpxe"
 EFI64_FILE = "snponly.efi"
 SCRIPT_FILE = "boot.ipxe"
 NBP_FILE = "marker.0"
+#: the BIOS boot order for firmware retries: SeaBIOS reboots 1 s after every boot device
+#: failed (QEMU's fw_cfg `etc/boot-fail-wait`), instead of printing "No bootable device"
+BOOT_ORDER_RETRYING = "order=n,reboot-timeout=1000"
 
 
 def run(*command: str) -> None:
@@ -115,13 +126,15 @@ def build_content(workdir: Path) -> BootContent:
     nbp_marker = f"PEERPXE-NBP-{nonce}"
     (root / NBP_FILE).write_bytes(assemble_nbp(workdir) + nbp_marker.encode() + b"\r\n\0")
     # The marker is assembled from variables, so its text appears on the console only when
-    # iPXE really ran the script (it is never in the script verbatim).
+    # iPXE really ran the script (it is never in the script verbatim). The NBP comes from
+    # the `next-server` (siaddr) of the ProxyDHCP answer iPXE used: the peer that answered,
+    # whichever of several agents that was, not a fixed address.
     script = (
         "#!ipxe\n"
         "set stage SCRIPT\n"
         f"echo PEERPXE-${{stage}}-{nonce}\n"
         "iseq ${platform} pcbios || goto done\n"
-        f"chain tftp://{PXE_ADDRESS}/{NBP_FILE} || echo chain failed\n"
+        f"chain tftp://${{proxydhcp/next-server}}/{NBP_FILE} || echo chain failed\n"
         ":done\n"
     )
     (root / SCRIPT_FILE).write_text(script)
@@ -142,9 +155,13 @@ def assemble_nbp(workdir: Path) -> bytes:
 
 @dataclass
 class Lab:
-    """Three namespaces, a bridge and a tap; every process started here is stopped in close()."""
+    """Namespaces, a bridge and a tap; every process started here is stopped in close().
+
+    `with_pxe_host=False` leaves out the `pxe` namespace (agents bring their own hosts).
+    """
 
     workdir: Path
+    with_pxe_host: bool = True
     prefix: str = field(default_factory=lambda: "ppx" + secrets.token_hex(3))
     namespaces: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -163,8 +180,8 @@ class Lab:
         self.tap = f"{self.prefix}tap"
         run("ip", "-n", self.net_ns, "tuntap", "add", "dev", self.tap, "mode", "tap")
         run("ip", "-n", self.net_ns, "link", "set", self.tap, "master", "br0", "up")
-        self.pxe_ns = self._add_host("pxe", PXE_ADDRESS)
-        self.dhcp_ns = self._add_host("dhcp", DHCP_ADDRESS)
+        self.pxe_ns = self.add_host("pxe", PXE_ADDRESS) if self.with_pxe_host else ""
+        self.dhcp_ns = self.add_host("dhcp", DHCP_ADDRESS)
 
     def spawn(self, namespace: str, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
         """Run `command` in `namespace`, stdout and stderr to workdir/log_name."""
@@ -193,7 +210,9 @@ class Lab:
         for namespace in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
 
-    def _add_host(self, label: str, address: str) -> str:
+    def add_host(self, label: str, address: str) -> str:
+        """Namespace `<prefix><label>` with eth0 at `address`/24 on the bridge, multicast
+        routed out of eth0 (mDNS)."""
         namespace = self._add_namespace(label)
         outside = f"{self.prefix}{label}"[:15]
         run("ip", "link", "add", "eth0", "netns", namespace, "type", "veth",
@@ -201,7 +220,8 @@ class Lab:
         run("ip", "-n", self.net_ns, "link", "set", outside, "master", "br0", "up")
         run("ip", "-n", namespace, "link", "set", "lo", "up")
         run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-        run("ip", "-n", namespace, "link", "set", "eth0", "up")
+        run("ip", "-n", namespace, "link", "set", "eth0", "up", "multicast", "on")
+        run("ip", "-n", namespace, "route", "add", "224.0.0.0/4", "dev", "eth0")
         return namespace
 
     def _add_namespace(self, label: str) -> str:
@@ -228,6 +248,20 @@ def start_dhcp_server(lab: Lab) -> str:
     listening = wait_for(lambda: _listening(lab, lab.dhcp_ns, (67,), None), 10.0)
     assert listening is not None, f"dnsmasq did not start: {lab.read_log(log_name)}"
     return log_name
+
+
+def send_note(lab: Lab, text: str) -> None:
+    """Broadcast `text` from the dhcp namespace to the discard port: a mark in the guest's
+    pcap (`Capture.notes`), between the frames that crossed its NIC before and after."""
+
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        return sock
+
+    sock = socket_in(lab.dhcp_ns, make)
+    with sock:
+        sock.sendto(text.encode(), (f"{SUBNET_PREFIX}.255", DISCARD_PORT))
 
 
 # ------------------------------------------------------------------------------ responders
@@ -312,6 +346,66 @@ class DnsmasqProxy:
         return _listening(lab, lab.pxe_ns, (67, 4011, TFTP_PORT), HTTP_PORT)
 
 
+@dataclass
+class PeerpxeAgents:
+    """`peerpxe agent` on hosts of their own (node id -> address), boot enabled, same root.
+
+    They find each other by real mDNS, elect one responder, and every one of them serves
+    TFTP and HTTP. Each agent is started in its namespace and stopped by the lab's close().
+    """
+
+    addresses: dict[str, str]
+    weight: int = 50
+    key_hex: str = field(default_factory=lambda: secrets.token_hex(32))
+    agents: dict[str, AgentProcess] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    def start(self, lab: Lab, content: BootContent) -> None:
+        for node_id, address in self.addresses.items():
+            namespace = lab.add_host(node_id, address)
+            config = agent_config(node_id, address, content.root, self.weight)
+            agent = launch_agent(lab.workdir, namespace, node_id, config, self.key_hex)
+            lab.processes.append(agent.process)
+            self.agents[node_id] = agent
+            self.namespaces[node_id] = namespace
+
+    def ready(self, lab: Lab) -> bool:
+        """Every agent serves (67, 4011, TFTP, HTTP) and all agree on one responder."""
+        serving = all(_listening(lab, namespace, (67, 4011, TFTP_PORT), HTTP_PORT)
+                      for namespace in self.namespaces.values())  # fmt: skip
+        return serving and self.responder() is not None
+
+    def responder(self) -> str | None:
+        """The responder every running agent agrees on (status files), or None."""
+        return agreed_responder(self.agents.values())
+
+    def first_standby(self) -> str | None:
+        """The running agent next in line (status `standby_rank` 1), or None."""
+        ranked = [node for node, agent in self.agents.items()
+                  if agent.responder().get("standby_rank") == 1]  # fmt: skip
+        return ranked[0] if len(ranked) == 1 else None
+
+    def node_at(self, address: str) -> str | None:
+        return next((node for node, at in self.addresses.items() if at == address), None)
+
+    def logs(self, tail_chars: int = 3000) -> str:
+        return "".join(f"\n--- agent {node_id} log (tail)\n{agent.log()[-tail_chars:]}"
+                       for node_id, agent in self.agents.items())  # fmt: skip
+
+
+def agent_config(node_id: str, address: str, root: Path, weight: int) -> str:
+    """agent.toml for one lab agent (docs/agent-config.md), without [security]; every knob
+    not named here keeps its default (lease 1.5 s, claim wait 0.3 s, standby answers retries)."""
+    return (
+        f'[agent]\nnode_id = "{node_id}"\nsite = "lab"\nsubnet = "{SUBNET_PREFIX}.0/24"\n'
+        f'interface = "eth0"\naddress = "{address}"\nweight = {weight}\n'
+        "[discovery]\nmdns = true\n"
+        f'[boot]\nenabled = true\nroot = "{root}"\nbios = "{BIOS_FILE}"\n'
+        f'efi64 = "{EFI64_FILE}"\nipxe_script = "{SCRIPT_FILE}"\n'
+        f"http_port = {HTTP_PORT}\ntftp_port = {TFTP_PORT}\n"
+    )
+
+
 # ------------------------------------------------------------------------------ the guest
 
 
@@ -343,32 +437,39 @@ class Guest:
                 self.process.wait()
 
 
-def start_guest(lab: Lab, firmware: str) -> Guest:
-    """Boot a QEMU VM with `firmware` "bios" (SeaBIOS + iPXE ROM) or "uefi" (OVMF's own PXE)."""
+def start_guest(lab: Lab, firmware: str, *, retry_boot: bool = False) -> Guest:
+    """Boot a QEMU VM with `firmware` "bios" (SeaBIOS + iPXE ROM) or "uefi" (OVMF's own PXE).
+
+    By default a failed boot powers the VM off (`-no-reboot`). `retry_boot` (BIOS only)
+    makes a failed boot retry like a real machine: SeaBIOS reboots 1 s after the network
+    boot failed (`BOOT_ORDER_RETRYING`) and QEMU resets the VM instead of exiting.
+    """
+    assert not retry_boot or firmware == "bios", "retry_boot needs SeaBIOS's reboot-timeout"
     mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(3))
     guest = Guest(firmware, lab.workdir / f"{firmware}-serial.log",
                   lab.workdir / f"{firmware}.pcap", mac)  # fmt: skip
     command = [
         "qemu-system-x86_64", "-accel", accelerator(), "-m", "256", "-nodefaults",
-        "-display", "none", "-monitor", "none", "-no-reboot",
+        "-display", "none", "-monitor", "none", *([] if retry_boot else ["-no-reboot"]),
         "-serial", f"file:{guest.serial_log}",
         # vnet_hdr=off: else filter-dump writes virtio-net headers in front of each frame
         "-netdev", f"tap,id=n0,ifname={lab.tap},script=no,downscript=no,vnet_hdr=off",
         "-object", f"filter-dump,id=d0,netdev=n0,file={guest.capture}",
-        *_firmware_arguments(lab.workdir, firmware, mac),
+        *_firmware_arguments(lab.workdir, firmware, mac, retry_boot=retry_boot),
     ]  # fmt: skip
     guest.process = lab.spawn(lab.net_ns, command, f"qemu-{firmware}.log")
     return guest
 
 
-def _firmware_arguments(workdir: Path, firmware: str, mac: str) -> list[str]:
+def _firmware_arguments(workdir: Path, firmware: str, mac: str, *, retry_boot: bool) -> list[str]:
     nic = f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"
     if firmware == "bios":
         # SeaBIOS runs the NIC's option ROM: iPXE (Debian ipxe-qemu), user class "iPXE".
         # Debian's virtio ROMs carry PCI ID 1af4:1041 (virtio 1.0 only) and QEMU patches the
         # ID only into its default ROM, so a named ROM needs a modern-only device to be run.
         rom = f"{nic},disable-legacy=on,romfile={BIOS_ROM}"
-        return ["-device", rom, "-boot", "order=n", *_serial_console_for_bios(workdir)]
+        order = BOOT_ORDER_RETRYING if retry_boot else "order=n"
+        return ["-device", rom, "-boot", order, *_serial_console_for_bios(workdir)]
     assert firmware == "uefi", firmware
     # No option ROM: OVMF drives the NIC with its own VirtioNetDxe and boots with its own
     # EDK II PXE stack (PxeBcDxe), the PXE client most real UEFI machines run.

@@ -177,7 +177,7 @@ def test_bios_boot(lab: Lab) -> None:
         # the ROM is iPXE (user class iPXE): straight to the script, no 4011 round trip
         assert {reply.file for reply in offers} == {script_url()}, result.explain()
         assert all(reply.source_port == 67 for reply in offers), result.explain()
-    assert f"GET /{SCRIPT_FILE} HTTP/1.1" in capture.http_requests, result.explain()
+    assert f"GET /{SCRIPT_FILE} HTTP/1.1" in capture.request_lines(), result.explain()
     nbp_size = (result.content.root / NBP_FILE).stat().st_size
     assert capture.received(PXE_ADDRESS, NBP_FILE) == nbp_size, result.explain()
     assert_peerpxe_log(result, [
@@ -207,7 +207,7 @@ def test_uefi_boot(lab: Lab) -> None:
     efi_size = (result.content.root / EFI64_FILE).stat().st_size
     assert capture.received(PXE_ADDRESS, EFI64_FILE) == efi_size, result.explain()
     assert 8 in capture.tftp_errors_sent, "EDK II's tsize probe (error 8) not seen"
-    assert f"GET /{SCRIPT_FILE} HTTP/1.1" in capture.http_requests, result.explain()
+    assert f"GET /{SCRIPT_FILE} HTTP/1.1" in capture.request_lines(), result.explain()
     assert_peerpxe_log(result, [
         rf"mac={mac} arch=7 \(efi-x64\) port=67 DISCOVER: offer pxe -> come back on 4011",
         rf"mac={mac} arch=7 \(efi-x64\) port=4011 REQUEST: ack pxe -> {re.escape(EFI64_FILE)}",
