@@ -35,7 +35,29 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
 
         return serve_command
 
-    return {"agent": agent, "sim": sim, "serve": serve}
+    def keygen() -> Subcommand:
+        from peerpxe import keygen_command
+
+        return keygen_command
+
+    def package() -> Subcommand:
+        from peerpxe import package_command
+
+        return package_command
+
+    def policy() -> Subcommand:
+        from peerpxe import policy_command
+
+        return policy_command
+
+    return {
+        "agent": agent,
+        "sim": sim,
+        "serve": serve,
+        "keygen": keygen,
+        "package": package,
+        "policy": policy,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
