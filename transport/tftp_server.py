@@ -110,6 +110,8 @@ _LOG = logging.getLogger(__name__)
 
 TFTP_PORT: Final = 69
 RECEIVE_BYTES_MAX: Final = 65536
+REQUESTS_PER_WAKE: Final = 64
+"""Requests read from port 69 per wake-up, before the transfers get their turn."""
 """Larger than any datagram a client may send (requests are short, ACKs 4-5 bytes)."""
 _IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO: Final = struct.Struct("=i4s4s")  # ifindex, spec_dst (local address), addr
@@ -543,9 +545,15 @@ class TftpServer:
     # ----------------------------------------------------------------------- requests
 
     def _on_listen_readable(self, now_s: float) -> None:
-        arrival = self._receive_request()
-        if arrival is None:
-            return
+        """Take every request already queued (up to `REQUESTS_PER_WAKE`), in arrival order,
+        so a client's retransmitted RRQ is seen while its first transfer is still running."""
+        for _ in range(REQUESTS_PER_WAKE):
+            arrival = self._receive_request()
+            if arrival is None:
+                return
+            self._on_request(arrival, now_s)
+
+    def _on_request(self, arrival: _Arrival, now_s: float) -> None:
         try:
             packet = decode(arrival.payload)
         except TftpDecodeError:
