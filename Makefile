@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/peerpxe sim scenarios/default.toml
+	$(BIN)/peerpxe sim scenarios/default.toml --out reports/default
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,10 @@ peer sights every subnet member by mDNS and pulls a full view) runs first, for `
 simulated seconds, and is reported apart; then `--sim-s` simulated seconds of steady state
 are timed, up to the moment the simulated clock stops (the end-of-run checks are not in it).
 
+`--full` runs what `peerpxe agent` runs on every peer (discovery, election, boot) plus a
+churn lab workload: 10% of the peers churn (Weibull up times, shape 0.7, scale 120 s;
+Pareto repairs from 20 s), and one PXE machine per 10 peers boots during the timed window.
+
 `--warm-start` skips the join storm: every peer starts with its subnet's member list
 pre-loaded (`Discovery(known_members=...)`, as an agent restoring its last list from disk:
 ALIVE at incarnation 0, not gossiped) and the output says `"warm_start": true`. mDNS still
@@ -25,6 +29,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -43,14 +48,49 @@ from actors.core import Actor, MemberInfo
 from actors.discovery import Discovery, DiscoveryKnobs
 from sim.host import ActorBuilder
 from sim.network import LatencySpec, NetworkSpec
-from sim.run import Simulation
-from sim.scenario import Scenario, SubnetSpec
+from sim.run import Simulation, discovery_builder, peer_builder
+from sim.scenario import BootSpec, Scenario, SubnetSpec
+from sim.workload import ChurnSpec
 
 SUBNET_PEERS_MAX = 256
 
 
 def scenario_for(peers: int, duration_s: float) -> Scenario:
     """`peers` peers in equal subnets of at most 256, one site, 1% loss, no faults."""
+    return _scenario(peers, duration_s)
+
+
+def full_scenario_for(peers: int, duration_s: float, window_start_s: float) -> Scenario:
+    """`scenario_for` plus churn of 10% of the peers and PXE boots in the timed window."""
+    plain = _scenario(peers, duration_s)
+    churn_specs = tuple(
+        ChurnSpec(
+            model="sessions",
+            targets=(f"random:{max(1, subnet.peers // 10)}@{subnet.name}",),
+            params={
+                "session": {"kind": "weibull", "shape": 0.7, "scale_s": 120.0},
+                "down": {"kind": "pareto", "shape": 2.5, "scale_s": 20.0},
+                "start_s": window_start_s,
+            },
+            line=0,
+        )
+        for subnet in plain.subnets
+    )
+    boots = tuple(
+        BootSpec(
+            subnet=subnet.name,
+            at_s=window_start_s,
+            count=max(1, subnet.peers // 10),
+            firmware=("bios", "uefi", "ipxe")[index % 3],
+            spread_s=max(0.0, duration_s - window_start_s - 20.0),
+            line=0,
+        )
+        for index, subnet in enumerate(plain.subnets)
+    )
+    return dataclasses.replace(plain, churn=churn_specs, boots=boots)
+
+
+def _scenario(peers: int, duration_s: float) -> Scenario:
     count = math.ceil(peers / SUBNET_PEERS_MAX)
     subnets = tuple(
         SubnetSpec(
@@ -78,12 +118,19 @@ def scenario_for(peers: int, duration_s: float) -> Scenario:
     )
 
 
-def warm_builder(knobs: DiscoveryKnobs, known: dict[str, tuple[MemberInfo, ...]]) -> ActorBuilder:
-    """Discovery actors whose first life starts knowing `known[subnet]` (filled in later)."""
+def warm_builder(
+    knobs: DiscoveryKnobs, known: dict[str, tuple[MemberInfo, ...]], full: bool, scenario: Scenario
+) -> ActorBuilder:
+    """Discovery actors (with election and boot when `full`) whose first life starts knowing
+    `known[subnet]` (filled in later)."""
+    peers = peer_builder(scenario, ())
 
     def build(info: MemberInfo, rng: random.Random, life: int) -> list[Actor]:
         restored = known[info.subnet] if life == 1 else ()
-        return [Discovery(info, rng, knobs, known_members=restored)]
+        discovery = Discovery(info, rng, knobs, known_members=restored)
+        if not full:
+            return [discovery]
+        return [discovery, *peers(info, rng, life)[1:]]
 
     return build
 
@@ -105,12 +152,21 @@ def raw_simpy_events_per_s(chains: int, events: int) -> float:
     return done[0] / (time.perf_counter() - started)
 
 
-def measure(peers: int, sim_s: float, warmup_s: float, warm_start: bool) -> dict[str, Any]:
+def measure(
+    peers: int, sim_s: float, warmup_s: float, warm_start: bool, full: bool = False
+) -> dict[str, Any]:
     """Run the benchmark once and return its figures."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    scenario = scenario_for(peers, warmup_s + sim_s)
+    duration_s = warmup_s + sim_s
+    scenario = (
+        full_scenario_for(peers, duration_s, warmup_s) if full else scenario_for(peers, duration_s)
+    )
     known: dict[str, tuple[MemberInfo, ...]] = {}
-    build = warm_builder(scenario.knobs, known) if warm_start else None
+    build: ActorBuilder | None
+    if warm_start:
+        build = warm_builder(scenario.knobs, known, full, scenario)
+    else:
+        build = None if full else discovery_builder(scenario, ())  # discovery alone, as before
     simulation = Simulation(scenario, seed=1, build=build)
     world = simulation.world
     by_subnet: dict[str, list[MemberInfo]] = {}
@@ -137,6 +193,11 @@ def measure(peers: int, sim_s: float, warmup_s: float, warm_start: bool) -> dict
         "sim_s": sim_s,
         "warmup_s": warmup_s,
         "warm_start": warm_start,
+        "full": full,
+        "boots_attempted": result.boots_attempted,
+        "boots_succeeded": result.boots_succeeded,
+        "churn_applied": result.churn_applied,
+        "failovers": result.failovers,
         "warmup_wall_s": round(marks["wall"] - started, 3),
         "window_wall_s": round(window_wall_s, 3),
         "realtime_factor": round(sim_s / window_wall_s, 3),
@@ -161,9 +222,14 @@ def main() -> int:
         action="store_true",
         help="pre-load every peer with its subnet's members (no join storm)",
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every peer runs discovery, election and boot, with churn and PXE boots",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    figures = measure(args.peers, args.sim_s, args.warmup_s, args.warm_start)
+    figures = measure(args.peers, args.sim_s, args.warmup_s, args.warm_start, args.full)
     if args.json:
         print(json.dumps(figures, sort_keys=True))
     else:

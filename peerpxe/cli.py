@@ -35,6 +35,11 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
 
         return serve_command
 
+    def replay() -> Subcommand:
+        from peerpxe import replay_command
+
+        return replay_command
+
     def keygen() -> Subcommand:
         from peerpxe import keygen_command
 
@@ -50,13 +55,20 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
 
         return policy_command
 
+    def sweep() -> Subcommand:
+        from peerpxe import sweep_command
+
+        return sweep_command
+
     return {
         "agent": agent,
         "sim": sim,
         "serve": serve,
+        "replay": replay,
         "keygen": keygen,
         "package": package,
         "policy": policy,
+        "sweep": sweep,
     }
 
 

@@ -7,7 +7,8 @@ Theory of operation
 
 - A client's broadcast DISCOVER (`SendDhcp` with no server) goes to UDP 67 of every running
   peer of the client's subnet, each copy through `Network.plan_dhcp` (the subnet's loss,
-  latency and partitions apply; clients sit on the main side). A unicast REQUEST to 4011 goes
+  latency and partitions apply; clients sit on the main side unless a switch failure took
+  their whole subnet off it: `World.clients_side`). A unicast REQUEST to 4011 goes
   to the peer whose address the client names.
 - A boot actor's `SendDhcpReply` reaches the client whose MAC the reply carries in `chaddr`
   (the firmware's own filter), again through the link model; a reply that names no known
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Final
 
 from actors.core import Address, LeadershipChanged, MemberChanged, SendDhcpReply
 from sim.host import Scheduled, schedule
-from sim.network import MAIN_SIDE
 from sim.pxe_client import (
     ArmTimer,
     ClientAction,
@@ -275,8 +275,9 @@ class BootClients:
                         client.servable = False
 
     def _servable(self, subnet: str) -> bool:
+        side = self._world.clients_side(subnet)
         return any(
-            node.running and node.port.side == MAIN_SIDE and self._eligible(node)
+            node.running and node.port.side == side and self._eligible(node)
             for node in self._peers_of.get(subnet, ())
         )
 

@@ -19,10 +19,10 @@ Invariants (violations; checked whenever leadership or the topology changes):
   (ballots, not majorities: `actors.election`); the episode is bounded, not forbidden, and
   every episode is measured (`dual_leader_s_max`).
 
-Failover: a subnet's responder is *lost* when the main side (where the PXE clients are) has
+Failover: a subnet's responder is *lost* when the clients' side (`World.clients_side`) has
 no leader any more because the leader crashed or was cut off by a partition, while another
 responder-eligible peer still runs there. The failover time is from that fault to the moment
-a leader leads on the main side again. A clean stop hands over (`Resign`) and is measured
+a leader leads on that side again. A clean stop hands over (`Resign`) and is measured
 apart (`handover_s`). An outage still open at the end of the run is counted `unfinished`.
 """
 
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Final
 
 from actors.core import LeadershipChanged, MemberChanged, NodeId
 from actors.election import RESPONDER_CAPABILITY
-from sim.network import MAIN_SIDE
 
 if TYPE_CHECKING:
     from sim.checkers import Invariants
@@ -62,12 +61,14 @@ class LeadershipFigures:
     failover_s: list[float] = field(default_factory=list)
     handover_s: list[float] = field(default_factory=list)
     unfinished: int = 0
+    abandoned: int = 0
+    """Losses during which the last eligible peer on the clients' side went too."""
     first_leader_s: dict[str, float] = field(default_factory=dict)
     dual_leader_episodes: int = 0
     dual_leader_s_max: float = 0.0
     leader_changes: int = 0
     samples: list[tuple[float, str, int]] = field(default_factory=list)
-    """(time, subnet, leaders on the main side) at every change, for plots."""
+    """(time, subnet, leaders on the clients' side) at every change, for plots."""
 
 
 class LeadershipWatch:
@@ -169,10 +170,15 @@ class LeadershipWatch:
     def _main_side_leaders(self, subnet: str) -> int:
         members = self._world.members
         leaders = self._leaders.get(subnet, {})
-        return sum(1 for node_id in leaders if members[node_id].port.side == MAIN_SIDE)
+        side = self._world.clients_side(subnet)
+        return sum(1 for node_id in leaders if members[node_id].port.side == side)
 
     def _track_outage(self, now_s: float, subnet: str, main_leaders: int, cause: str) -> None:
         outage = self._outage.get(subnet)
+        if outage is not None and not main_leaders and not self._eligible_alive(subnet):
+            del self._outage[subnet]  # nobody left who could take over: not a failover
+            self.figures.abandoned += 1
+            return
         if main_leaders:
             if outage is not None:
                 del self._outage[subnet]
@@ -188,8 +194,9 @@ class LeadershipWatch:
         self._outage[subnet] = _Outage(cause, now_s)
 
     def _eligible_alive(self, subnet: str) -> bool:
+        side = self._world.clients_side(subnet)
         return any(
-            node.running and node.port.side == MAIN_SIDE and self._eligible(node)
+            node.running and node.port.side == side and self._eligible(node)
             for node in self._world.members.values()
             if node.info.subnet == subnet
         )

@@ -148,6 +148,12 @@ class Network:
             self.ports[address].side = side
         return side
 
+    def move(self, addresses: list[Address], side: int) -> None:
+        """Put `addresses` on an existing `side` (MAIN_SIDE: back on the main network)."""
+        assert 0 <= side < self._next_side
+        for address in addresses:
+            self.ports[address].side = side
+
     def heal(self) -> None:
         """Remove every partition."""
         for port in self.ports.values():

@@ -33,7 +33,9 @@ from sim.host import ActorBuilder, Scheduled, SimNode, schedule
 from sim.leadership import LeadershipFigures, LeadershipWatch, percentile
 from sim.metrics import MembershipMetrics
 from sim.scenario import PEER_PORT, TARGET_RULE, EventSpec, Scenario
+from sim.timeline import Timeline
 from sim.trace import Trace
+from sim.workload import Action, Applier, initially_down, plan_actions
 from sim.world import World
 
 
@@ -84,6 +86,8 @@ class SimResult:
     boot_s_p50: float | None = None
     boot_s_p99: float | None = None
     boot_failures: dict[str, int] = field(default_factory=dict)
+    churn_applied: int = 0
+    churn_skipped: int = 0
     violations: tuple[Violation, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -163,8 +167,24 @@ class Simulation:
         self._create_nodes(build)
         self.leadership = LeadershipWatch(self.world, self.invariants, self.is_eligible)
         self.world.listeners.append(self.leadership)
+        self.timeline = Timeline(self.world)
+        self.world.listeners.append(self.timeline)
         self.boot_clients = BootClients(
             self.world, scenario.tftp, self.is_eligible, random.Random(f"boots:{self.seed}")
+        )
+        self.applier = Applier(self.world)
+        self.planned: list[Action] = plan_actions(
+            scenario.churn,
+            scenario.replay,
+            seed=self.seed,
+            duration_s=scenario.duration_s,
+            resolve=self._resolve_fixed,
+            topology={
+                node_id: (spec.site, spec.name)
+                for spec in scenario.subnets
+                for node_id in spec.node_ids()
+            },
+            cidrs={spec.name: spec.cidr for spec in scenario.subnets},
         )
         self._actions: dict[str, Callable[[EventSpec], None]] = {
             "crash": self._crash,
@@ -229,8 +249,13 @@ class Simulation:
         for node in rng.sample(members, slow_count):
             self.world.set_slow(node, self.scenario.slow_delay_s)
         spread_s = self.scenario.start_spread_s
+        off = initially_down(self.planned)
         for node in members:
-            self.at(rng.uniform(0.0, spread_s), _bind(self.world.start, node))
+            boot_s = rng.uniform(0.0, spread_s)
+            if node.node_id not in off:
+                self.at(boot_s, _bind(self.world.start, node))
+        for action in self.planned:
+            self.at(action.time_s, _bind(self.applier.apply, action))
         by_name = {subnet.name: subnet for subnet in self.scenario.subnets}
         for boot in self.scenario.boots:
             self.boot_clients.schedule(boot, by_name[boot.subnet])
@@ -292,6 +317,18 @@ class Simulation:
             return pool
         return self._rng.sample(pool, min(int(count), len(pool)))
 
+    def _resolve_fixed(self, target: str, rng: random.Random) -> list[str]:
+        """A churn target's node ids, drawn once before the run (running or not)."""
+        if target in self.world.members:
+            return [target]
+        rule = TARGET_RULE.match(target)
+        assert rule is not None, f"target {target!r} was validated"
+        subnet = rule.group("subnet")
+        pool = [node_id for node_id in self.world.members
+                if subnet in (None, self._subnet_of[node_id])]  # fmt: skip
+        count = rule.group("count")
+        return pool if count is None else rng.sample(pool, min(int(count), len(pool)))
+
     def _leaders(self, subnet: str | None, running: bool) -> list[SimNode]:
         """The current responders of `subnet` (every subnet when None)."""
         wanted = [s for s in self.scenario.subnets if subnet in (None, s.name)]
@@ -336,6 +373,8 @@ class Simulation:
             messages_per_peer_per_s=messages / member_seconds if member_seconds else 0.0,
             violation_count=self.invariants.count,
             violations=tuple(self.invariants.violations),
+            churn_applied=self.applier.applied,
+            churn_skipped=self.applier.skipped,
             **_leadership_figures(leadership),
             **_boot_figures(boots),
         )

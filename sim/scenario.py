@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import random
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -18,7 +19,17 @@ from typing import Any, Final, TypeVar
 
 from actors.discovery import DiscoveryKnobs
 from actors.election import ElectionKnobs
+from sim import churn
 from sim.network import LatencySpec, NetworkSpec
+from sim.workload import (
+    CHURN_MODELS,
+    DOWN_ACTIONS,
+    TRACE_FORMATS,
+    TRACE_MAPPINGS,
+    ChurnSpec,
+    ReplaySpec,
+    churn_events,
+)
 
 ACTIONS: Final = ("crash", "restart", "stop", "partition", "heal", "slow")
 FIRMWARES: Final = ("bios", "uefi", "ipxe")
@@ -27,7 +38,7 @@ TARGET_RULE: Final = re.compile(
     r"^(random:(?P<count>[0-9]+)|all|(?P<leader>leader))(@(?P<subnet>[a-z0-9-]+))?$"
 )
 PEER_PORT: Final = 7946  # memberlist's default port; every simulated peer listens on it
-ARRAY_SECTIONS: Final = ("subnet", "event", "boot")
+ARRAY_SECTIONS: Final = ("subnet", "event", "boot", "churn")
 """Sections written `[[name]]`: their errors always carry the index, `boot[0].at_s`."""
 
 Knobs = TypeVar("Knobs", DiscoveryKnobs, ElectionKnobs)
@@ -142,6 +153,8 @@ class Scenario:
     election: ElectionKnobs = field(default_factory=ElectionKnobs)
     boots: tuple[BootSpec, ...] = ()
     tftp: TftpSpec = field(default_factory=TftpSpec)
+    churn: tuple[ChurnSpec, ...] = ()
+    replay: ReplaySpec | None = None
 
     def node_ids(self) -> list[str]:
         """Every peer id, subnet by subnet."""
@@ -223,7 +236,7 @@ class _Reader:
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
         sections = ("scenario", "network", "discovery", "election", "subnet", "event", "boot")
-        self._only(data, "", 0, (*sections, "tftp"))
+        self._only(data, "", 0, (*sections, "tftp", "churn", "replay"))
         head = _Table(self, "scenario", 0, self._table(data, "scenario", required=True))
         name = head.name("name")
         duration_s = head.number("duration_s", minimum=0.0, exclusive=True)
@@ -242,6 +255,8 @@ class _Reader:
         events = self._events(data.get("event", []), subnets, known, slow_delay_s)
         boots = self._boots(data.get("boot", []), subnets)
         tftp = self._tftp(self._table(data, "tftp"))
+        churn_specs = self._churn(data.get("churn", []), subnets, known)
+        replay = self._replay(data.get("replay"))
         return Scenario(
             path=self._path,
             name=name,
@@ -258,6 +273,8 @@ class _Reader:
             election=election,
             boots=boots,
             tftp=tftp,
+            churn=churn_specs,
+            replay=replay,
         )
 
     def _table(self, data: dict[str, Any], name: str, required: bool = False) -> dict[str, Any]:
@@ -310,13 +327,16 @@ class _Reader:
         for index, data in enumerate(raw):
             table = _Table(self, "subnet", index, data)
             peers = table.integer("peers", minimum=1)
+            weights, kinds = table.weights("weights", peers), table.kinds("kinds", peers)
+            if weights and kinds:
+                raise self.fail("subnet", index, "kinds", "give weights or kinds, not both")
             subnet = SubnetSpec(
                 name=table.name("name"),
                 cidr=table.string("cidr"),
                 site=table.name("site"),
                 peers=peers,
                 weight=table.integer("weight", default=50, minimum=0, maximum=100),
-                weights=table.weights("weights", peers),
+                weights=weights or kinds,
                 eligible=table.count_or_fraction("eligible", peers),
             )
             table.done()
@@ -392,6 +412,70 @@ class _Reader:
             boots.append(boot)
         return tuple(boots)
 
+    def _churn(
+        self, raw: object, subnets: tuple[SubnetSpec, ...], known: set[str]
+    ) -> tuple[ChurnSpec, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("churn", 0, None, "expected [[churn]] tables")
+        names = [subnet.name for subnet in subnets]
+        specs: list[ChurnSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "churn", index, data)
+            model = table.choice("model", CHURN_MODELS)
+            targets = table.strings("targets", default=())
+            if not targets:
+                raise self.fail("churn", index, "targets", "expected at least one target")
+            for target in targets:
+                problem = _target_problem(target, names, known, "churn")
+                if problem or target.startswith("leader"):
+                    problem = problem or f"{target!r}: churn targets are fixed peers, not roles"
+                    raise self.fail("churn", index, "targets", problem)
+            params = {key: table.raw(key) for key in CHURN_KEYS[model] if table.has(key)}
+            table.done()
+            self._check_churn(index, model, params)
+            specs.append(ChurnSpec(model, targets, params, self._locate("churn", index)))
+        return tuple(specs)
+
+    def _check_churn(self, index: int, model: str, params: dict[str, Any]) -> None:
+        """Build the model's parameters once, so a bad value fails here, with its line."""
+        for key in CHURN_REQUIRED[model]:
+            if key not in params:
+                raise self.fail("churn", index, key, "missing required key")
+        for key, value in params.items():
+            try:
+                _check_churn_value(key, value)
+            except (ValueError, TypeError, KeyError) as error:
+                raise self.fail("churn", index, key, str(error).strip("'")) from error
+        try:
+            churn_events(ChurnSpec(model, (), params, 0), ["probe"], 1.0, random.Random(0))
+        except (ValueError, TypeError, AssertionError) as error:
+            raise self.fail("churn", index, None, f"invalid {model}: {error}") from error
+
+    def _replay(self, raw: object) -> ReplaySpec | None:
+        if raw is None:
+            return None
+        table = _Table(self, "replay", 0, raw)
+        trace = Path(table.string("trace"))
+        if not trace.is_absolute():
+            trace = Path(self._path).parent / trace
+        suffix = trace.name.rsplit(".", 1)[-1]
+        guessed = {"avt": "avt", "tsv": "fta", "fta": "fta", "jsonl": "jsonl"}.get(suffix)
+        trace_format = table.choice("format", TRACE_FORMATS, default=guessed or _Table._MISSING)
+        spec = ReplaySpec(
+            trace=trace,
+            format=trace_format,
+            mapping=table.choice("mapping", TRACE_MAPPINGS, default="round-robin"),
+            down=table.choice("down", DOWN_ACTIONS, default="crash"),
+            cut_start_s=table.optional_number("cut_start_s"),
+            cut_end_s=table.optional_number("cut_end_s"),
+            loop_period_s=table.optional_number("loop_period_s"),
+            allow_fold=table.boolean("allow_fold", default=False),
+        )
+        table.done()
+        if not trace.is_file():
+            raise self.fail("replay", 0, "trace", f"no such trace file: {trace}")
+        return spec
+
     def _tftp(self, data: dict[str, Any]) -> TftpSpec:
         table = _Table(self, "tftp", 0, data)
         defaults = TftpSpec()
@@ -401,6 +485,49 @@ class _Reader:
         )
         table.done()
         return TftpSpec(boot_file_bytes=size, bandwidth_mbit_s=bandwidth)
+
+
+KIND_WEIGHTS: Final = {"server": 90, "desktop": 60, "laptop": 40, "wifi": 20, "vpn": 10, "never": 0}
+"""Election weight by machine kind: server > desktop > laptop > Wi-Fi > VPN; 0 never leads
+(1E Nomad's P2PElectionWeight ranks them the same way, pxe-protocol-notes.md §8)."""
+CHURN_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "sessions": ("session", "down", "clean", "random_phase", "start_s"),
+    "office-day": ("on_at_s", "off_at_s", "jitter_s", "overnight_fraction", "day_s"),
+    "power-cut": ("at_s", "down"),
+    "switch-failure": ("at_s", "down_s", "side"),
+    "swizzle-clog": ("start_s", "interval_s", "hold_s", "count", "mode", "delay_s"),
+}
+"""The parameters each `[[churn]]` model takes (`docs/scenarios.md`)."""
+CHURN_REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    "sessions": ("session", "down"),
+    "office-day": ("on_at_s", "off_at_s"),
+    "power-cut": ("at_s", "down"),
+    "switch-failure": ("at_s", "down_s"),
+    "swizzle-clog": ("start_s", "interval_s"),
+}
+
+
+def _check_churn_value(key: str, value: object) -> None:
+    """Types of churn parameters: distributions are tables, flags booleans, the rest numbers."""
+    if key in ("session", "down"):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a distribution table like {{ kind = 'exponential', "
+                             f"mean_s = 60 }}, got {value!r}")  # fmt: skip
+        churn.distribution(value)
+    elif key in ("clean", "random_phase"):
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+    elif key == "mode":
+        if value not in ("partition", "slow"):
+            raise ValueError(f"expected 'partition' or 'slow', got {value!r}")
+    elif key == "side":
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+    elif key == "count":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"expected a positive integer, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
 
 
 def _target_problem(
@@ -475,6 +602,48 @@ class _Table:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise self._fail(key, f"expected a list of strings, got {value!r}")
         return tuple(value)
+
+    def kinds(self, key: str, peers: int) -> tuple[int, ...]:
+        """Per-peer weights from machine kinds, `{ server = 2, desktop = 10, wifi = 1 }`
+        (peers get them in `KIND_WEIGHTS` order, servers first); absent: ()."""
+        value = self._get(key, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, f"expected a table of kind = count, got {value!r}")
+        weights: list[int] = []
+        for kind in value:
+            count = value[kind]
+            if kind not in KIND_WEIGHTS:
+                raise self._fail(
+                    key, f"unknown kind {kind!r} (expected one of {tuple(KIND_WEIGHTS)})"
+                )
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise self._fail(key, f"{kind}: expected a count >= 0, got {count!r}")
+        for kind, weight in KIND_WEIGHTS.items():
+            weights += [weight] * value.get(kind, 0)
+        if value and len(weights) != peers:
+            raise self._fail(key, f"the kinds add up to {len(weights)} peers, not {peers}")
+        return tuple(weights)
+
+    def has(self, key: str) -> bool:
+        """Whether the table sets `key` (marks it as read)."""
+        self._read.append(key)
+        return key in self._data
+
+    def raw(self, key: str) -> object:
+        """The value of `key` as TOML gave it (the caller checks it)."""
+        return self._get(key, _Table._MISSING)
+
+    def optional_number(self, key: str) -> float | None:
+        """A number >= 0, or None when absent."""
+        if not self.has(key):
+            return None
+        return self.number(key, minimum=0.0)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, f"expected true or false, got {value!r}")
+        return value
 
     def weights(self, key: str, peers: int) -> tuple[int, ...]:
         """Per-peer election weights, one per peer, each 0 ... 100; absent: ()."""

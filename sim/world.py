@@ -26,7 +26,7 @@ from actors.core import (
 )
 from sim.host import ActorBuilder, SimNode
 from sim.mdns import Mdns
-from sim.network import Network, NetworkSpec
+from sim.network import MAIN_SIDE, Network, NetworkSpec
 from sim.trace import Trace
 
 if TYPE_CHECKING:
@@ -78,6 +78,10 @@ class World:
         self.events = 0
         self.log_sink: Callable[[float, SimNode, Log], None] | None = None
         self.dhcp_clients: DhcpClients | None = None
+        self._sides: dict[str, int] = {}
+        self.client_sides: dict[str, int] = {}
+        """Subnets whose PXE clients a switch failure moved off the main side."""
+        """Named partition sides (`partition_join`), until the next heal."""
 
     def add_node(
         self, info: MemberInfo, build: ActorBuilder, cluster_key: bytes | None = None
@@ -121,8 +125,46 @@ class World:
         for node in nodes:
             self._lifecycle(node, f"partition {side}")
 
+    def partition_join(
+        self, nodes: list[SimNode], label: str, clients_of: str | None = None
+    ) -> None:
+        """Move `nodes` to the partition side named `label` (a new side on first use), and
+        with them the PXE clients of subnet `clients_of` (a switch failure cuts a subnet's
+        machines off together: they still reach each other)."""
+        addresses = [node.address for node in nodes] + self._client_ports(clients_of)
+        side = self._sides.get(label)
+        if side is None:
+            side = self._sides[label] = self.network.partition(addresses)
+        else:
+            self.network.move(addresses, side)
+        if clients_of is not None:
+            self.client_sides[clients_of] = side
+        for node in nodes:
+            self._lifecycle(node, f"partition {side}")
+
+    def rejoin(self, nodes: list[SimNode], clients_of: str | None = None) -> None:
+        """Bring `nodes` (and subnet `clients_of`'s PXE clients) back to the main network."""
+        addresses = [node.address for node in nodes] + self._client_ports(clients_of)
+        self.network.move(addresses, MAIN_SIDE)
+        if clients_of is not None:
+            self.client_sides.pop(clients_of, None)
+        for node in nodes:
+            self._lifecycle(node, f"partition {MAIN_SIDE}")
+
+    def clients_side(self, subnet: str) -> int:
+        """The partition side the PXE clients of `subnet` are on."""
+        return self.client_sides.get(subnet, MAIN_SIDE)
+
+    def _client_ports(self, subnet: str | None) -> list[Address]:
+        if subnet is None:
+            return []
+        return [address for address, port in self.network.ports.items()
+                if port.subnet == subnet and address not in self.by_address]  # fmt: skip
+
     def heal(self) -> None:
         """Remove every partition."""
+        self._sides.clear()
+        self.client_sides.clear()
         self.network.heal()
         self.trace.record(self.env.now, "-", "heal", "")
         for listener in self.listeners:

@@ -12,17 +12,19 @@ Each test waits until the agents agree on one responder (status files), then boo
 and the agents' logs.
 
 - steady state: every DISCOVER the guest sends gets exactly one ProxyDHCP offer, from the
-  responder, which also serves the script and the NBP.
+  responder, which also serves the script; the NBP comes from the agent the offer names as
+  `siaddr` (`spread_file_servers`: another settled agent, or the responder itself).
 - failover: at a seeded random moment of the boot (`KILL_WINDOW_S` after QEMU started;
   printed; `PEERPXE_E2E_KILL_AT_S` replays a moment, `PEERPXE_E2E_SEED` a draw) the agent
   that is the responder *then* gets SIGKILL, and a note goes onto the wire so the kill has a
   place in the guest's pcap. The firmware may lose an attempt (offer taken, then its server
   died): SeaBIOS reboots after 1 s and tries again, as a machine set to retry does. The boot
   must reach the NBP, and the attempt that succeeded must have been answered and served by
-  a survivor: its offer, the script's HTTP GET and the whole `marker.0` all after the kill,
-  all from one live agent. DISCOVERs before the kill get the steady-state check. It prints
-  the kill moment, kill -> a survivor's takeover and kill -> a survivor's first offer to the
-  guest, the attempts and the boot time.
+  survivors: its offer, the script's HTTP GET and the whole `marker.0` all after the kill,
+  from live agents (the answerer, and the file server its offer named). DISCOVERs before
+  the kill get the steady-state check. It prints the kill moment, kill -> a survivor's
+  takeover and kill -> a survivor's first offer to the guest, the attempts and the boot
+  time.
 """
 
 from __future__ import annotations
