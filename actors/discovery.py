@@ -48,18 +48,25 @@ from actors.core import (
     ActorName,
     Address,
     CancelTimer,
+    ChunkFetchFailed,
+    ChunkRefused,
+    ChunksHeld,
+    ChunkStored,
     Command,
     CountMetric,
     DhcpPacketReceived,
+    EligibilityChanged,
     Event,
     LeadershipChanged,
     Log,
     LogLevel,
+    ManifestAccepted,
     MemberChanged,
     MemberInfo,
     MemberState,
     MessageReceived,
     NodeId,
+    PackageComplete,
     PeerDiscovered,
     PeerLost,
     SendFailed,
@@ -67,6 +74,7 @@ from actors.core import (
     StartTimer,
     Tell,
     TimerFired,
+    WanSourcesChanged,
 )
 from actors.gossip import BroadcastQueue, retransmit_limit, suspicion_timeout_s
 from actors.messages import Ack, Gossip, MemberUpdate, Message, Nack, Ping, PingReq, Sync
@@ -124,12 +132,35 @@ class DiscoveryKnobs:
     join_sync_max: int = 3
 
     def __post_init__(self) -> None:
-        assert 0 < self.probe_timeout_s < self.probe_interval_s
-        assert 0 < self.suspicion_timeout_s_min <= self.suspicion_timeout_s_max
-        assert self.indirect_probes >= 0
-        assert self.gossip_fanout >= 1
-        assert self.gossip_interval_s > 0
-        assert self.push_pull_interval_s > 0
+        """Knobs come from config files and sweeps: refuse bad ones with a reason."""
+        checks = (
+            (
+                0 < self.probe_timeout_s < self.probe_interval_s,
+                f"need 0 < probe_timeout_s ({self.probe_timeout_s}) < probe_interval_s "
+                f"({self.probe_interval_s})",
+            ),
+            (
+                0 < self.suspicion_timeout_s_min <= self.suspicion_timeout_s_max,
+                f"need 0 < suspicion_timeout_s_min ({self.suspicion_timeout_s_min}) <= "
+                f"suspicion_timeout_s_max ({self.suspicion_timeout_s_max})",
+            ),
+            (
+                self.indirect_probes >= 0,
+                f"indirect_probes must be >= 0, got {self.indirect_probes}",
+            ),
+            (self.gossip_fanout >= 1, f"gossip_fanout must be >= 1, got {self.gossip_fanout}"),
+            (
+                self.gossip_interval_s > 0,
+                f"gossip_interval_s must be > 0, got {self.gossip_interval_s}",
+            ),
+            (
+                self.push_pull_interval_s > 0,
+                f"push_pull_interval_s must be > 0, got {self.push_pull_interval_s}",
+            ),
+        )
+        for ok, problem in checks:
+            if not ok:
+                raise ValueError(problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +276,17 @@ class Discovery:
                 return [CountMetric("discovery.send_failed")]
             case MemberChanged() | LeadershipChanged() | DhcpPacketReceived():
                 return []
+            case (
+                ManifestAccepted()
+                | ChunksHeld()
+                | ChunkStored()
+                | ChunkRefused()
+                | ChunkFetchFailed()
+                | PackageComplete()
+                | WanSourcesChanged()
+                | EligibilityChanged()
+            ):
+                return []  # replication's and election's business
 
     def leave(self, now_s: float) -> list[Command]:
         """Announce a clean departure (state LEFT) to a few members before shutdown."""

@@ -48,18 +48,25 @@ from typing import ClassVar, Final
 
 from actors.core import (
     ActorName,
+    ChunkFetchFailed,
+    ChunkRefused,
+    ChunksHeld,
+    ChunkStored,
     Command,
     CountMetric,
     DhcpPacketReceived,
+    EligibilityChanged,
     Event,
     LeadershipChanged,
     Log,
     LogLevel,
+    ManifestAccepted,
     MemberChanged,
     MemberInfo,
     MemberState,
     MessageReceived,
     NodeId,
+    PackageComplete,
     PeerDiscovered,
     PeerLost,
     SendFailed,
@@ -67,6 +74,7 @@ from actors.core import (
     StartTimer,
     Tell,
     TimerFired,
+    WanSourcesChanged,
 )
 from actors.messages import Claim, Lease, Message, Resign
 
@@ -105,9 +113,16 @@ class ElectionKnobs:
     preempt_after_s: float = 30.0
 
     def __post_init__(self) -> None:
-        assert 0 < self.heartbeat_interval_s < self.lease_timeout_s
-        assert self.claim_wait_s > 0
-        assert self.standby_count >= 1
+        """Knobs come from config files and sweeps: refuse bad ones with a reason."""
+        if not 0 < self.heartbeat_interval_s < self.lease_timeout_s:
+            raise ValueError(
+                f"need 0 < heartbeat_interval_s ({self.heartbeat_interval_s}) < "
+                f"lease_timeout_s ({self.lease_timeout_s})"
+            )
+        if not self.claim_wait_s > 0:
+            raise ValueError(f"claim_wait_s must be > 0, got {self.claim_wait_s}")
+        if self.standby_count < 1:
+            raise ValueError(f"standby_count must be >= 1, got {self.standby_count}")
 
 
 @dataclass(slots=True)
@@ -504,18 +519,35 @@ class Election:
             case TimerFired(name):
                 scope, _, what = name.rpartition(":")
                 return self.scopes[scope].on_timer(what, now_s)
+            case EligibilityChanged(capability, eligible):
+                return self._on_eligibility(capability, eligible, now_s)
             case (
                 PeerDiscovered()
                 | PeerLost()
                 | SendFailed()
                 | LeadershipChanged()
                 | DhcpPacketReceived()
+                | ManifestAccepted()
+                | ChunksHeld()
+                | ChunkStored()
+                | ChunkRefused()
+                | ChunkFetchFailed()
+                | PackageComplete()
+                | WanSourcesChanged()
             ):
                 return []
 
     def resign(self, now_s: float) -> list[Command]:
         """Step down everywhere before a clean shutdown."""
         return [command for scope in self.scopes.values() for command in scope.resign(now_s)]
+
+    def _on_eligibility(self, capability: str, eligible: bool, now_s: float) -> list[Command]:
+        """Our own eligibility for `capability` changed (replication verified the package)."""
+        scopes = [scope for scope in self.scopes.values() if scope.capability == capability]
+        if not scopes:
+            return [CountMetric("election.unknown_capability")]
+        allowed = eligible and self.self_info.weight > 0  # weight 0 means never (as at start)
+        return [command for scope in scopes for command in scope.set_eligible(allowed, now_s)]
 
     def _on_message(self, source: NodeId, message: Message, now_s: float) -> list[Command]:
         scope_name = getattr(message, "scope", None)

@@ -266,8 +266,8 @@ def test_broadcast_queue_sends_each_update_a_bounded_number_of_times() -> None:
 
 
 def test_knobs_reject_inconsistent_values() -> None:
-    """A probe timeout longer than the probe interval is a programming error."""
-    with pytest.raises(AssertionError):
+    """A probe timeout longer than the probe interval is refused with the reason."""
+    with pytest.raises(ValueError, match=r"probe_timeout_s \(2.0\) < probe_interval_s"):
         DiscoveryKnobs(probe_interval_s=1.0, probe_timeout_s=2.0)
 
 
