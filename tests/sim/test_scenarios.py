@@ -16,6 +16,7 @@ storm (4.5 s: every peer sights every other both ways).
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -69,3 +70,30 @@ def test_membership_256_join_storm_holds_invariants() -> None:
     ]
     assert not failures, "\n".join(failures)
     assert len(outcomes) == count >= 20
+
+
+def _detection_one(seed: int) -> tuple[int, list[float], int, int]:
+    simulation = Simulation(load(SCENARIOS / "membership-256.toml"), seed)
+    result = simulation.run()
+    return result.violation_count, list(simulation.metrics.detections_s), result.false_dead, \
+        result.undetected  # fmt: skip
+
+
+def test_membership_targets_in_a_256_peer_subnet() -> None:
+    """The foundation's membership targets (256 peers, 1% loss, 1% slow peers, 8 crashes a
+    run): every live peer has declared each crash dead with p50 <= 6 s and p99 <= 15 s over
+    the pooled crashes of 4 seeds, and no healthy peer is ever declared dead."""
+    seeds = [1, 2, 3, 4]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(_detection_one, seeds))
+    detections = sorted(d for _, found, _, _ in outcomes for d in found)
+    assert all(violations == 0 for violations, _, _, _ in outcomes)
+    assert sum(false_dead for _, _, false_dead, _ in outcomes) == 0
+    assert len(detections) >= 24, f"only {len(detections)} crashes detected by everyone"
+    p50 = detections[max(1, math.ceil(0.50 * len(detections))) - 1]
+    p99 = detections[max(1, math.ceil(0.99 * len(detections))) - 1]
+    print(
+        f"\nmembership-256: {len(detections)} crashes, detection p50 {p50:.2f} s, p99 {p99:.2f} s"
+    )
+    assert p50 <= 6.0
+    assert p99 <= 15.0
