@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from actors.messages import Message
+    from actors.package import Manifest
 
 NodeId = str
 """A peer's stable identity (printable, at most `NODE_ID_BYTES_MAX` bytes)."""
@@ -153,6 +154,72 @@ class DhcpPacketReceived:
     local: Address
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestAccepted:
+    """The host verified `manifest` (signature, freshness) and staged it in its store."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class ChunksHeld:
+    """The store holds these chunks of `package_id` (`actors.bitfield`: bit i is chunk i).
+
+    Told after `ManifestAccepted` and whenever the store's view changed other than by a
+    fetch (for example a stored chunk found corrupt and dropped).
+    """
+
+    package_id: str
+    bitmap: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStored:
+    """`fetch` brought a chunk the store verified against the manifest and wrote durably."""
+
+    fetch: FetchChunk
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRefused:
+    """`fetch` brought data the store refused (wrong length or SHA-256): `reason` says why."""
+
+    fetch: FetchChunk
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFetchFailed:
+    """`fetch` brought no data: `reason` is `not_held` (the source lacks it) or another word."""
+
+    fetch: FetchChunk
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PackageComplete:
+    """The store assembled and verified every file of `package_id` and now serves it."""
+
+    package_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WanSourcesChanged:
+    """Where this site's downloader may fetch across the WAN: the origin first, then any
+    peers of other sites that serve the whole package."""
+
+    sources: tuple[Address, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EligibilityChanged:
+    """Told to the election actor: this peer may (or may no longer) lead scopes whose
+    leaders need `capability` (for example `responder` once the package is verified)."""
+
+    capability: str
+    eligible: bool
+
+
 Event = (
     MessageReceived
     | TimerFired
@@ -162,6 +229,14 @@ Event = (
     | MemberChanged
     | LeadershipChanged
     | DhcpPacketReceived
+    | ManifestAccepted
+    | ChunksHeld
+    | ChunkStored
+    | ChunkRefused
+    | ChunkFetchFailed
+    | PackageComplete
+    | WanSourcesChanged
+    | EligibilityChanged
 )
 
 
@@ -234,7 +309,29 @@ class SendDhcpReply:
     target: Address
 
 
-Command = SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric | SendDhcpReply
+@dataclass(frozen=True, slots=True)
+class FetchChunk:
+    """Copy chunk `chunk_index` of file `file_index` (`path`) of `package_id` from `source`.
+
+    The host transfers it (TCP, or a modelled transfer in the simulator), has the store
+    verify and write it, and answers with `ChunkStored`, `ChunkRefused` or
+    `ChunkFetchFailed` carrying this command. `source` is a peer's message address (its
+    chunk service listens on the same host and port) or, when `wan` is true, a WAN source
+    from `WanSourcesChanged`.
+    """
+
+    source: Address
+    package_id: str
+    file_index: int
+    chunk_index: int
+    path: str
+    size_bytes: int
+    wan: bool
+
+
+Command = (
+    SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric | SendDhcpReply | FetchChunk
+)
 
 
 # --------------------------------------------------------------------------- the actor shape

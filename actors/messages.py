@@ -11,6 +11,9 @@ extensions (Dadgar et al., 2017, arXiv 1707.00788): `Ping`/`Ack` for direct prob
 `PingReq` for indirect probes through k helpers, `Nack` from a helper whose target stayed
 silent (evidence that the helper itself is healthy), `Gossip` for disseminating updates, and
 `Sync` for the full-state exchange when a peer joins through a seed or an mDNS sighting.
+
+Replication advertises what a peer holds with `Have`, a segment of its BitTorrent-style
+bitfield (BEP 3 `bitfield`, high bit first; `actors.bitfield`).
 """
 
 from __future__ import annotations
@@ -130,6 +133,28 @@ class Resign(Message):
     leader: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Have(Message):
+    """Which chunks of `package_id` the sender holds, from chunk `first_chunk` on.
+
+    `bitmap` is the segment of the sender's bitfield that starts at `first_chunk` (a
+    multiple of `actors.bitfield.SEGMENT_CHUNKS`), at most `SEGMENT_BYTES` bytes, trailing
+    zero bytes left out. `complete`: the sender holds the whole package verified (the bitmap
+    is then empty). `reply`: the sender asks for the receiver's own `Have` in return.
+    Checked by the replication actor, not here: a peer's values are counted and dropped.
+    """
+
+    TAG: ClassVar[str] = "have"
+    package_id: str
+    version: tuple[int, ...]
+    site: str
+    chunk_count: int
+    first_chunk: int = 0
+    bitmap: bytes = b""
+    complete: bool = False
+    reply: bool = False
+
+
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Ping,
     Ack,
@@ -140,6 +165,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Lease,
     Claim,
     Resign,
+    Have,
 )
 """Every message class the codec accepts; a tag may appear only once."""
 

@@ -10,7 +10,19 @@ from __future__ import annotations
 from typing import Final
 
 from actors.core import ActorName
-from actors.messages import Ack, Claim, Gossip, Lease, Message, Nack, Ping, PingReq, Resign, Sync
+from actors.messages import (
+    Ack,
+    Claim,
+    Gossip,
+    Have,
+    Lease,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Resign,
+    Sync,
+)
 
 MESSAGE_ROUTES: Final[dict[type[Message], ActorName]] = {
     Ping: ActorName.DISCOVERY,
@@ -22,4 +34,5 @@ MESSAGE_ROUTES: Final[dict[type[Message], ActorName]] = {
     Lease: ActorName.ELECTION,
     Claim: ActorName.ELECTION,
     Resign: ActorName.ELECTION,
+    Have: ActorName.REPLICATION,
 }
