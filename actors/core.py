@@ -220,6 +220,45 @@ class EligibilityChanged:
     eligible: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CapabilitiesChanged:
+    """Told to the discovery actor: this peer now advertises `capabilities` (for example
+    `responder` once the package is verified); discovery gossips it under a new incarnation."""
+
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFetched:
+    """The host brought the signed manifest `command` asked for and `package_id` names it.
+
+    When it was new to the store, the store's events (`ManifestAccepted`, `ChunksHeld`, and
+    `PackageComplete` if nothing is missing) were told first; when the store already held
+    it, only this is told.
+    """
+
+    command: FetchManifest
+    package_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFetchFailed:
+    """No manifest came of `command`: `refused` when the store refused the manifest itself
+    (bad signature, rollback, over quota; `reason` says which), else the source failed."""
+
+    command: FetchManifest
+    reason: str
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SeedOffered:
+    """A publisher (`peerpxe publish`) offers its package from the chunk service at `source`:
+    this peer takes the manifest and the chunks from it, and the package spreads from here."""
+
+    source: Address
+
+
 Event = (
     MessageReceived
     | TimerFired
@@ -237,6 +276,10 @@ Event = (
     | PackageComplete
     | WanSourcesChanged
     | EligibilityChanged
+    | CapabilitiesChanged
+    | ManifestFetched
+    | ManifestFetchFailed
+    | SeedOffered
 )
 
 
@@ -329,8 +372,29 @@ class FetchChunk:
     wan: bool
 
 
+@dataclass(frozen=True, slots=True)
+class FetchManifest:
+    """Ask the chunk service at `source` for the signed manifest of `package_id` (empty: its
+    newest complete package), have the store verify and stage it, and answer with
+    `ManifestFetched` or `ManifestFetchFailed`. `wan`: the source is a WAN source; `seed`:
+    a publisher's seed (`SeedOffered`)."""
+
+    source: Address
+    package_id: str = ""
+    wan: bool = False
+    seed: bool = False
+
+
 Command = (
-    SendMessage | StartTimer | CancelTimer | Tell | Log | CountMetric | SendDhcpReply | FetchChunk
+    SendMessage
+    | StartTimer
+    | CancelTimer
+    | Tell
+    | Log
+    | CountMetric
+    | SendDhcpReply
+    | FetchChunk
+    | FetchManifest
 )
 
 

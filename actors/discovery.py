@@ -33,21 +33,25 @@ Per-peer message load is constant in the group size: one probe (two messages) pe
 bounded gossip while updates are pending, plus push-pull `Sync` whose interval grows with the
 number of datagrams a full state takes.
 
-Every change of a member's state is told to the election and replication actors of this peer
-as `MemberChanged`.
+Every change of a member's state, or of what it advertises (capabilities), is told to the
+election and replication actors of this peer as `MemberChanged`. When this peer's own
+capabilities change (`CapabilitiesChanged`, told by election once the package is verified),
+it raises its incarnation and gossips its new record, as for a refutation (SWIM §4.2): the
+higher incarnation makes every member take the new record.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Final
 
 from actors.core import (
     ActorName,
     Address,
     CancelTimer,
+    CapabilitiesChanged,
     ChunkFetchFailed,
     ChunkRefused,
     ChunksHeld,
@@ -61,6 +65,8 @@ from actors.core import (
     Log,
     LogLevel,
     ManifestAccepted,
+    ManifestFetched,
+    ManifestFetchFailed,
     MemberChanged,
     MemberInfo,
     MemberState,
@@ -69,6 +75,7 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    SeedOffered,
     SendFailed,
     SendMessage,
     StartTimer,
@@ -274,6 +281,8 @@ class Discovery:
                 return [CountMetric("discovery.mdns_goodbye")]
             case SendFailed():
                 return [CountMetric("discovery.send_failed")]
+            case CapabilitiesChanged(capabilities):
+                return self._on_capabilities(capabilities, now_s)
             case MemberChanged() | LeadershipChanged() | DhcpPacketReceived():
                 return []
             case (
@@ -285,6 +294,9 @@ class Discovery:
                 | PackageComplete()
                 | WanSourcesChanged()
                 | EligibilityChanged()
+                | ManifestFetched()
+                | ManifestFetchFailed()
+                | SeedOffered()
             ):
                 return []  # replication's and election's business
 
@@ -310,6 +322,17 @@ class Discovery:
         """What this peer believes about `node_id`, or None if unknown."""
         member = self._members.get(node_id)
         return None if member is None else member.state
+
+    def _on_capabilities(self, capabilities: tuple[str, ...], now_s: float) -> list[Command]:
+        """Advertise new capabilities under a higher incarnation, which supersedes our old
+        record everywhere (a refutation's mechanism, SWIM §4.2)."""
+        if capabilities == self.self_info.capabilities or self._leaving:
+            return []
+        self.self_info = replace(self.self_info, capabilities=capabilities)
+        self.incarnation += 1
+        commands = self._queue_broadcast(self._self_update(MemberState.ALIVE), now_s)
+        commands.append(CountMetric("discovery.capabilities_changed"))
+        return commands
 
     # ------------------------------------------------------------------ messages
 
@@ -616,6 +639,7 @@ class Discovery:
         now_s: float,
     ) -> list[Command]:
         previous = member.state
+        advertised = info != member.info
         member.info = info
         member.state = state
         self._dead_count += (state is MemberState.DEAD) - (previous is MemberState.DEAD)
@@ -633,7 +657,7 @@ class Discovery:
         if state is MemberState.SUSPECT:
             commands.extend(self._start_suspicion(member, update.reporter, now_s))
         commands.extend(self._queue_broadcast(update, now_s))
-        if state is not previous:
+        if state is not previous or advertised:
             commands.extend(self._announce(member))
         return commands
 

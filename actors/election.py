@@ -35,7 +35,10 @@ lease timeout 1.5 s + claim wait 0.3 s ≈ 2 s from the last heartbeat to the ne
 first answer, by the client's first retry.
 
 Every change of leadership of this peer is told to the boot and replication actors as
-`LeadershipChanged`.
+`LeadershipChanged`. When this peer gains or loses a capability (`EligibilityChanged`, from
+replication once the package is verified), the capabilities it advertises are told to
+discovery (`CapabilitiesChanged`), which gossips them: the other peers' elections then count
+it as a candidate.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import ClassVar, Final
 
 from actors.core import (
     ActorName,
+    CapabilitiesChanged,
     ChunkFetchFailed,
     ChunkRefused,
     ChunksHeld,
@@ -61,6 +65,8 @@ from actors.core import (
     Log,
     LogLevel,
     ManifestAccepted,
+    ManifestFetched,
+    ManifestFetchFailed,
     MemberChanged,
     MemberInfo,
     MemberState,
@@ -69,6 +75,7 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    SeedOffered,
     SendFailed,
     SendMessage,
     StartTimer,
@@ -473,9 +480,15 @@ class Election:
         *,
         responder_eligible: bool = False,
         downloader_eligible: bool = False,
+        never: tuple[str, ...] = (),
     ) -> None:
         self.self_info = self_info
         self._rng = rng
+        self._never = never
+        """Capabilities this peer never takes on whatever it holds (`[boot] enabled = false`
+        means never the responder): `EligibilityChanged` for them is counted and ignored."""
+        self._advertised = self_info.capabilities
+        """What discovery advertises for us; changes with our eligibility."""
         self.scopes: dict[str, ScopeElection] = {}
         for scope, capability, eligible in (
             (f"subnet:{self_info.subnet}", RESPONDER_CAPABILITY, responder_eligible),
@@ -534,6 +547,10 @@ class Election:
                 | ChunkFetchFailed()
                 | PackageComplete()
                 | WanSourcesChanged()
+                | CapabilitiesChanged()
+                | ManifestFetched()
+                | ManifestFetchFailed()
+                | SeedOffered()
             ):
                 return []
 
@@ -546,8 +563,22 @@ class Election:
         scopes = [scope for scope in self.scopes.values() if scope.capability == capability]
         if not scopes:
             return [CountMetric("election.unknown_capability")]
+        if capability in self._never:
+            return [CountMetric("election.eligibility_not_allowed")]
         allowed = eligible and self.self_info.weight > 0  # weight 0 means never (as at start)
-        return [command for scope in scopes for command in scope.set_eligible(allowed, now_s)]
+        commands = [command for scope in scopes for command in scope.set_eligible(allowed, now_s)]
+        commands.extend(self._advertise(capability, eligible))
+        return commands
+
+    def _advertise(self, capability: str, held: bool) -> list[Command]:
+        """Tell discovery what we now advertise, if `capability` came or went."""
+        advertised = tuple(c for c in self._advertised if c != capability)
+        if held:
+            advertised += (capability,)
+        if sorted(advertised) == sorted(self._advertised):
+            return []
+        self._advertised = advertised
+        return [Tell(ActorName.DISCOVERY, CapabilitiesChanged(advertised))]
 
     def _on_message(self, source: NodeId, message: Message, now_s: float) -> list[Command]:
         scope_name = getattr(message, "scope", None)

@@ -13,7 +13,8 @@ silent (evidence that the helper itself is healthy), `Gossip` for disseminating 
 `Sync` for the full-state exchange when a peer joins through a seed or an mDNS sighting.
 
 Replication advertises what a peer holds with `Have`, a segment of its BitTorrent-style
-bitfield (BEP 3 `bitfield`, high bit first; `actors.bitfield`).
+bitfield (BEP 3 `bitfield`, high bit first; `actors.bitfield`), and asks a peer's chunk
+service for one chunk with `ChunkRequest` (over TCP, not UDP).
 """
 
 from __future__ import annotations
@@ -155,6 +156,39 @@ class Have(Message):
     reply: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkRequest(Message):
+    """Ask a chunk service (`transport.chunk_service`, over TCP) for one chunk of a package.
+
+    Never sent over UDP: it travels sealed in the envelope inside one TCP frame, so only
+    cluster members are served; hosts route a stray one to replication, which drops it.
+    """
+
+    TAG: ClassVar[str] = "chunk_request"
+    package_id: str
+    path: str
+    chunk_index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestRequest(Message):
+    """Ask a chunk service (over TCP) for the signed manifest of `package_id`; an empty id
+    asks for its newest complete package. Sealed like `ChunkRequest`: members only."""
+
+    TAG: ClassVar[str] = "manifest_request"
+    package_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeedOffer(Message):
+    """`peerpxe publish` tells an agent's chunk service (over TCP) that it serves a package
+    from the chunk service on `port` of the connection's source address: the agent takes
+    the manifest and the chunks from there, and the package spreads from it."""
+
+    TAG: ClassVar[str] = "seed_offer"
+    port: int
+
+
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Ping,
     Ack,
@@ -166,6 +200,9 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Claim,
     Resign,
     Have,
+    ChunkRequest,
+    ManifestRequest,
+    SeedOffer,
 )
 """Every message class the codec accepts; a tag may appear only once."""
 

@@ -50,6 +50,18 @@ When every chunk is held the host assembles and verifies the package; its
 the subnet's responder (`EligibilityChanged`). Remote garbage and stale host answers are
 counted (`replication.dropped.*`) and dropped; nothing a peer sends can raise.
 
+Manifests spread the same way, as signed documents the host fetches (`FetchManifest`) and
+the store verifies (signature, rollback, quota) before anything is staged: a `Have` from a
+site peer for a newer package than the target (or when there is none) makes this peer fetch
+that manifest from that peer; the site's downloader asks its WAN sources, round-robin, for
+their newest manifest every `manifest_poll_s` and as soon as it is elected; a publisher's
+`SeedOffered` (`peerpxe publish`) makes this peer fetch the seed's manifest and count the
+seed as a LAN holder of every chunk, so the package enters the site through this peer and
+spreads from it. At most `MANIFEST_FETCHES_MAX` manifest fetches are out at once (one per
+source), each bounded by `manifest_fetch_timeout_s`; a manifest the store refused is not
+fetched again from `Have`s for `manifest_retry_s` (counted and logged with the reason). A
+`Have` for an older package is answered with ours, so a peer that is behind asks us.
+
 Nothing is fetched before the store has said what it holds (`ChunksHeld`), so chunks on
 disk are never fetched again after a restart. A new `ManifestAccepted` replaces the target:
 fetches in flight are forgotten and their answers dropped as stale.
@@ -61,6 +73,7 @@ for a chunk no site peer is known to hold, only once its bytes are spent from th
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from dataclasses import dataclass
@@ -71,6 +84,7 @@ from actors.core import (
     ActorName,
     Address,
     CancelTimer,
+    CapabilitiesChanged,
     ChunkFetchFailed,
     ChunkRefused,
     ChunksHeld,
@@ -81,10 +95,13 @@ from actors.core import (
     EligibilityChanged,
     Event,
     FetchChunk,
+    FetchManifest,
     LeadershipChanged,
     Log,
     LogLevel,
     ManifestAccepted,
+    ManifestFetched,
+    ManifestFetchFailed,
     MemberChanged,
     MemberInfo,
     MemberState,
@@ -93,6 +110,7 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    SeedOffered,
     SendFailed,
     SendMessage,
     StartTimer,
@@ -125,6 +143,12 @@ _HAVE_SOON_TIMER: Final = "have_soon"
 _WAN_TOKENS_TIMER: Final = "wan_tokens"
 _WAN_SETTLE_TIMER: Final = "wan_settle"
 _WAKE_TIMER: Final = "wake"
+_MANIFEST_POLL_TIMER: Final = "manifest_poll"
+_MANIFEST_PREFIX: Final = "manifest:"
+MANIFEST_FETCHES_MAX: Final = 2
+"""Manifest fetches in flight at once (a seed's offer may come while a poll is out)."""
+REFUSED_MANIFESTS_MAX: Final = 64
+SEED_PREFIX: Final = "seed:"
 _FETCH_PREFIX: Final = "fetch:"
 _USABLE_STATES: Final = (MemberState.ALIVE, MemberState.SUSPECT)
 
@@ -158,6 +182,11 @@ class ReplicationKnobs:
     source_ban_s: float = 30.0
     """Kraken blacklists a misbehaving connection for 30 s."""
     peers_max: int = 4096
+    manifest_poll_s: float = 10.0
+    """How often the site's downloader asks a WAN source for its newest manifest."""
+    manifest_fetch_timeout_s: float = 10.0
+    manifest_retry_s: float = 30.0
+    """A refused manifest is not fetched again from Haves for this long."""
 
     def __post_init__(self) -> None:
         """Knobs come from config files and sweeps: refuse bad ones with a reason."""
@@ -176,6 +205,10 @@ class ReplicationKnobs:
              f"have_interval_s ({self.have_interval_s})"),
             (self.have_fanout >= 1, f"have_fanout must be >= 1, got {self.have_fanout}"),
             (self.peers_max >= 1, f"peers_max must be >= 1, got {self.peers_max}"),
+            (self.manifest_poll_s > 0,
+             f"manifest_poll_s must be > 0, got {self.manifest_poll_s}"),
+            (self.manifest_fetch_timeout_s > 0,
+             f"manifest_fetch_timeout_s must be > 0, got {self.manifest_fetch_timeout_s}"),
         )  # fmt: skip
         for ok, problem in checks:
             if not ok:
@@ -213,13 +246,26 @@ class Replication:
         self._have_sent_s = -math.inf
         self._have_soon_armed = False
         self._wake_at_s = math.inf
+        self._backoffs: list[tuple[float, int, Source]] = []
+        """Every backoff ever set, as a heap of (until, serial, source); stale ones are
+        skipped lazily, so the first live one is the next wake-up."""
+        self._backoff_serial = 0
+        self._manifest_fetches: dict[Address, FetchManifest] = {}
+        self._refused_manifests: dict[str, float] = {}
+        """Package ids whose manifest the store refused, until when they are not retried."""
+        self._seeds: dict[Address, tuple[Peer, str]] = {}
+        """Publishers' seeds (`SeedOffered`): a pseudo-peer each, and the package it holds."""
+        self._wan_poll_index = 0
         self._set_wan_sources(wan_sources)
 
     # ------------------------------------------------------------------ public API
 
     def start(self, now_s: float) -> list[Command]:
-        """Arm the periodic advertisement; the host tells the target package next."""
-        return [StartTimer(_HAVE_TIMER, now_s + self.knobs.have_interval_s)]
+        """Arm the periodic advertisement and manifest poll; the host tells the target next."""
+        return [
+            StartTimer(_HAVE_TIMER, now_s + self.knobs.have_interval_s),
+            StartTimer(_MANIFEST_POLL_TIMER, now_s + self.knobs.manifest_poll_s),
+        ]
 
     def handle(self, event: Event, now_s: float) -> list[Command]:
         """React to one event, then start what fetches are due; never raises for remote input."""
@@ -233,6 +279,10 @@ class Replication:
         if target is None:
             return (0, 0)
         return (target.held.count(), target.size)
+
+    def target_package(self) -> str:
+        """The id of the package this peer is bringing (or holds), "" without one."""
+        return "" if self._target is None else self._target.manifest.package_id
 
     @property
     def downloader(self) -> bool:
@@ -265,7 +315,19 @@ class Replication:
                 return []
             case SendFailed():
                 return [CountMetric("replication.send_failed")]
-            case PeerDiscovered() | PeerLost() | DhcpPacketReceived() | EligibilityChanged():
+            case SeedOffered(source):
+                return self._on_seed_offered(source, now_s)
+            case ManifestFetched(command, package_id):
+                return self._on_manifest_fetched(command, package_id)
+            case ManifestFetchFailed(command, reason, refused):
+                return self._on_manifest_fetch_failed(command, reason, refused, now_s)
+            case (
+                PeerDiscovered()
+                | PeerLost()
+                | DhcpPacketReceived()
+                | EligibilityChanged()
+                | CapabilitiesChanged()
+            ):
                 return []
             case (
                 ManifestAccepted()
@@ -309,6 +371,8 @@ class Replication:
         capacity_bytes = float(max(self.knobs.wan_burst_bytes, largest))
         self._bucket = TokenBucket(self.knobs.wan_bytes_per_s, capacity_bytes)
         self._bucket.empty(now_s)  # never more than the cap, whatever the switch
+        for seed, package_id in self._seeds.values():
+            self._apply_seed(seed, package_id)
         commands.append(Log(LogLevel.INFO, "replication target", fields))
         return commands
 
@@ -321,6 +385,8 @@ class Replication:
         self._tried.clear()
         for peer in self._peers.values():
             peer.held = None
+        for seed, _package_id in self._seeds.values():
+            seed.held = None
         for source in self._all_sources():
             source.fetching = 0
         return commands
@@ -414,7 +480,7 @@ class Replication:
         self._tried.setdefault(number, {})[fetch.source] = None
         source = self._source_at(fetch.source, wan=fetch.wan)
         if source is not None:
-            source.unusable_until_s = now_s + self.knobs.source_ban_s
+            self._back_off(source, now_s + self.knobs.source_ban_s)
         fields = (("source", f"{fetch.source.host}:{fetch.source.port}"), ("reason", reason))
         commands.append(CountMetric("replication.chunks_refused"))
         commands.append(Log(LogLevel.WARNING, "chunk refused; source banned", fields))
@@ -432,8 +498,8 @@ class Replication:
             return commands
         source = self._source_at(fetch.source, wan=fetch.wan)
         if source is not None:
-            source.unusable_until_s = max(
-                source.unusable_until_s, now_s + self.knobs.source_backoff_s
+            self._back_off(
+                source, max(source.unusable_until_s, now_s + self.knobs.source_backoff_s)
             )
         return commands
 
@@ -443,9 +509,8 @@ class Replication:
             return [CountMetric("replication.dropped.unknown_timer")]
         fetch = self._fetches.pop(number)
         fetch.source.fetching -= 1
-        fetch.source.unusable_until_s = max(
-            fetch.source.unusable_until_s, now_s + self.knobs.source_backoff_s
-        )
+        until_s = max(fetch.source.unusable_until_s, now_s + self.knobs.source_backoff_s)
+        self._back_off(fetch.source, until_s)
         self._tried.setdefault(number, {})[fetch.command.source] = None
         return [CountMetric("replication.fetch_timeouts")]
 
@@ -473,7 +538,7 @@ class Replication:
         for peer in self._peers.values():
             held = peer.held
             if peer.source.address == address and held is not None and held.clear(number):
-                target.availability[number] -= 1
+                target.drop_holder(peer, number)
 
     # ------------------------------------------------------------------ membership, roles
 
@@ -504,13 +569,14 @@ class Replication:
     def _remove_peer(self, peer: Peer) -> list[Command]:
         """A peer died or left: its chunks are gone from the site; retry its fetches."""
         del self._peers[peer.node_id]
+        peer.source.retired = True
         self._departed[peer.node_id] = None
         if len(self._departed) > DEPARTED_MAX:
             del self._departed[next(iter(self._departed))]
         target = self._target
         if target is not None and peer.held is not None:
             for number in peer.held.numbers():
-                target.availability[number] -= 1
+                target.drop_holder(peer, number)
         commands: list[Command] = []
         for number, fetch in list(self._fetches.items()):
             if fetch.source is peer.source:
@@ -536,12 +602,16 @@ class Replication:
         ]
         for peer in list(self._peers.values()):  # everyone: what is in the site decides
             commands.extend(self._send_have(peer, reply=True))
+        commands.extend(self._poll_wan(now_s))
         return commands
 
     def _set_wan_sources(self, sources: tuple[Address, ...]) -> None:
         kept: dict[Address, Source] = {}
         for address in sources[:WAN_SOURCES_MAX]:
             kept[address] = self._wan.get(address) or Source(address, wan=True)
+        for address, source in self._wan.items():
+            if address not in kept:
+                source.retired = True
         self._wan = kept
 
     def _source_at(self, address: Address, *, wan: bool) -> Source | None:
@@ -550,10 +620,12 @@ class Replication:
         for peer in self._peers.values():
             if peer.source.address == address:
                 return peer.source
-        return None
+        seed = self._seeds.get(address)
+        return None if seed is None else seed[0].source
 
     def _all_sources(self) -> list[Source]:
-        return [peer.source for peer in self._peers.values()] + list(self._wan.values())
+        seeds = [seed.source for seed, _package_id in self._seeds.values()]
+        return [peer.source for peer in self._peers.values()] + list(self._wan.values()) + seeds
 
     # ------------------------------------------------------------------ advertisements
 
@@ -563,6 +635,8 @@ class Replication:
         if not isinstance(message, Have):
             return [CountMetric("replication.dropped.unexpected_message")]
         problem = self._have_problem(source, message)
+        if problem in ("no_target", "other_package"):
+            return self._on_other_package(message, address, problem, now_s)
         if problem is not None:
             return [CountMetric(f"replication.dropped.have_{problem}")]
         peer = self._peers.get(source)
@@ -622,6 +696,134 @@ class Replication:
             commands.extend(self._send_have(peer, reply=False))
         return commands
 
+    # ------------------------------------------------------------------ manifests
+
+    def _on_other_package(
+        self, have: Have, address: Address, problem: str, now_s: float
+    ) -> list[Command]:
+        """A site peer advertises another package: fetch its manifest if that one is newer;
+        if it is older, tell the peer what we hold so that it asks us."""
+        commands: list[Command] = [CountMetric(f"replication.dropped.have_{problem}")]
+        target = self._target
+        if target is not None and have.version < target.manifest.version:
+            return commands + self._answer_behind(address, now_s)
+        if target is not None and have.version == target.manifest.version:
+            return commands  # another package of the same version: not news
+        if self._refused_manifests.get(have.package_id, -math.inf) > now_s:
+            return commands
+        commands.extend(self._fetch_manifest(FetchManifest(address, have.package_id), now_s))
+        return commands
+
+    def _answer_behind(self, address: Address, now_s: float) -> list[Command]:
+        for peer in self._peers.values():
+            if peer.source.address == address:
+                if now_s - peer.replied_s < self.knobs.have_debounce_s:
+                    return []
+                peer.replied_s = now_s
+                return self._send_have(peer, reply=False)
+        return []
+
+    def _poll_wan(self, now_s: float) -> list[Command]:
+        """The downloader asks the next WAN source (round-robin) for its newest manifest."""
+        if not self._downloader or not self._wan:
+            return []
+        sources = list(self._wan)
+        source = sources[self._wan_poll_index % len(sources)]
+        self._wan_poll_index += 1
+        return self._fetch_manifest(FetchManifest(source, wan=True), now_s)
+
+    def _fetch_manifest(self, command: FetchManifest, now_s: float) -> list[Command]:
+        """Issue `command` unless one to its source is out, or too many are (seeds go first)."""
+        fetches = self._manifest_fetches
+        if command.source in fetches:
+            return []
+        if len(fetches) >= MANIFEST_FETCHES_MAX and not command.seed:
+            return [CountMetric("replication.manifest_fetches_deferred")]
+        fetches[command.source] = command
+        due_s = now_s + self.knobs.manifest_fetch_timeout_s
+        return [
+            command,
+            StartTimer(_manifest_timer(command.source), due_s),
+            CountMetric("replication.manifest_fetches"),
+        ]
+
+    def _on_seed_offered(self, source: Address, now_s: float) -> list[Command]:
+        """A publisher's seed: fetch its manifest, then count it as a holder of every chunk."""
+        old = self._seeds.pop(source, None)
+        if old is not None:
+            self._forget_seed(old[0])
+        name = f"{SEED_PREFIX}{source.host}:{source.port}"
+        seed = Peer(node_id=name, source=Source(source, wan=False), rank=self._rng.random())
+        self._seeds[source] = (seed, "")
+        fields = (("source", f"{source.host}:{source.port}"),)
+        commands: list[Command] = [
+            Log(LogLevel.INFO, "publisher seed offered", fields),
+            CountMetric("replication.seeds_offered"),
+        ]
+        commands.extend(self._fetch_manifest(FetchManifest(source, seed=True), now_s))
+        return commands
+
+    def _apply_seed(self, seed: Peer, package_id: str) -> None:
+        """Count `seed` as holding everything if it holds the target."""
+        target = self._target
+        if target is None or target.manifest.package_id != package_id or seed.held is not None:
+            return
+        manifest = target.manifest
+        have = Have(
+            package_id=package_id,
+            version=manifest.version,
+            site=self.self_info.site,
+            chunk_count=target.size,
+            complete=True,
+        )
+        target.apply_have(seed, have)
+
+    def _forget_seed(self, seed: Peer) -> None:
+        target = self._target
+        if target is not None and seed.held is not None:
+            for number in seed.held.numbers():
+                target.drop_holder(seed, number)
+        seed.held = None
+        seed.source.retired = True
+
+    def _on_manifest_fetched(self, command: FetchManifest, package_id: str) -> list[Command]:
+        if self._manifest_fetches.get(command.source) != command:
+            return [CountMetric("replication.dropped.stale_manifest_result")]
+        del self._manifest_fetches[command.source]
+        seed = self._seeds.get(command.source) if command.seed else None
+        if seed is not None:
+            self._seeds[command.source] = (seed[0], package_id)
+            self._apply_seed(seed[0], package_id)
+        return [CancelTimer(_manifest_timer(command.source))]
+
+    def _on_manifest_fetch_failed(
+        self, command: FetchManifest, reason: str, refused: bool, now_s: float
+    ) -> list[Command]:
+        if self._manifest_fetches.get(command.source) != command:
+            return [CountMetric("replication.dropped.stale_manifest_result")]
+        del self._manifest_fetches[command.source]
+        commands: list[Command] = [CancelTimer(_manifest_timer(command.source))]
+        if not refused:
+            return [*commands, CountMetric("replication.manifest_fetch_failed")]
+        if command.package_id:
+            self._refused_manifests[command.package_id] = now_s + self.knobs.manifest_retry_s
+            if len(self._refused_manifests) > REFUSED_MANIFESTS_MAX:
+                del self._refused_manifests[next(iter(self._refused_manifests))]
+        source = f"{command.source.host}:{command.source.port}"
+        fields = (("source", source), ("package", command.package_id or "newest"))
+        return [
+            *commands,
+            CountMetric(f"replication.manifests_refused.{reason}"),
+            Log(LogLevel.WARNING, f"manifest refused: {reason}", fields),
+        ]
+
+    def _on_manifest_timeout(self, name: str) -> list[Command]:
+        for address in list(self._manifest_fetches):
+            if _manifest_timer(address) == name:
+                del self._manifest_fetches[address]
+                return [CountMetric("replication.manifest_fetch_timeouts")]
+        return [CountMetric("replication.dropped.unknown_timer")]
+
     # ------------------------------------------------------------------ timers
 
     def _on_timer(self, name: str, now_s: float) -> list[Command]:
@@ -637,8 +839,14 @@ class Replication:
             return []
         if name in (_WAN_TOKENS_TIMER, _WAN_SETTLE_TIMER):
             return []  # the planner runs after every event
+        if name == _MANIFEST_POLL_TIMER:
+            commands = self._poll_wan(now_s)
+            commands.append(StartTimer(_MANIFEST_POLL_TIMER, now_s + self.knobs.manifest_poll_s))
+            return commands
         if name.startswith(_FETCH_PREFIX):
             return self._on_fetch_timeout(name, now_s)
+        if name.startswith(_MANIFEST_PREFIX):
+            return self._on_manifest_timeout(name)
         return [CountMetric("replication.dropped.unknown_timer")]
 
     # ------------------------------------------------------------------ planning
@@ -650,10 +858,8 @@ class Replication:
         free = self.knobs.fetches_max - len(self._fetches)
         if free <= 0:
             return []
-        waiting = sorted(
-            (number for number in target.missing if number not in self._fetches),
-            key=target.rank.__getitem__,
-        )
+        missing, fetches = target.missing, self._fetches
+        waiting = [n for n in target.order if n in missing and n not in fetches]  # by rank
         if not waiting:
             return []
         in_flight_before = len(self._fetches)
@@ -671,29 +877,19 @@ class Replication:
     ) -> list[Command]:
         """Rarest first among chunks some site peer holds (Cohen 2003 §3.2)."""
         per_source_max = self.knobs.fetches_per_source_max
-        usable = [
-            peer
-            for peer in self._peers.values()
-            if peer.held is not None
-            and peer.source.fetching < per_source_max
-            and peer.source.unusable_until_s <= now_s
-        ]
-        if not usable:
-            return []
         availability = target.availability
         rarest = [number for number in waiting if availability[number] > 0]
         rarest.sort(key=availability.__getitem__)  # stable: the random rank breaks ties
         commands: list[Command] = []
         for number in rarest:
-            if free <= 0 or not usable:
+            if free <= 0:
                 break
-            peer = pick_holder(usable, number, self._tried.get(number, {}))
+            holders = target.holders[number].values()  # only these can serve it: O(holders)
+            peer = pick_holder(holders, self._tried.get(number, {}), per_source_max, now_s)
             if peer is None:
                 continue
             commands.extend(self._issue(target, number, peer.source, now_s))
             free -= 1
-            if peer.source.fetching >= per_source_max:
-                usable.remove(peer)
         return commands
 
     def _plan_wan(
@@ -748,13 +944,28 @@ class Replication:
         per_mib_s = knobs.wan_fetch_timeout_s_per_mib if wan else knobs.fetch_timeout_s_per_mib
         return max(knobs.fetch_timeout_s_min, size_bytes / MIB * per_mib_s)
 
+    def _back_off(self, source: Source, until_s: float) -> None:
+        """`source` may not be asked again before `until_s`."""
+        source.unusable_until_s = until_s
+        self._backoff_serial += 1
+        heapq.heappush(self._backoffs, (until_s, self._backoff_serial, source))
+
     def _arm_wake(self, now_s: float) -> list[Command]:
         """Wake the planner when the first backing-off source may be asked again."""
-        waits = [s.unusable_until_s for s in self._all_sources() if s.unusable_until_s > now_s]
-        if not waits:
+        backoffs = self._backoffs
+        while backoffs:
+            until_s, _, source = backoffs[0]
+            if until_s > now_s and until_s == source.unusable_until_s and not source.retired:
+                break
+            heapq.heappop(backoffs)  # over, superseded, or its source is gone
+        if not backoffs:
             return []
-        wake_s = min(waits)
+        wake_s = backoffs[0][0]
         if self._wake_at_s <= wake_s and self._wake_at_s > now_s:
             return []
         self._wake_at_s = wake_s
         return [StartTimer(_WAKE_TIMER, wake_s)]
+
+
+def _manifest_timer(source: Address) -> str:
+    return f"{_MANIFEST_PREFIX}{source.host}:{source.port}"

@@ -1,7 +1,8 @@
 """The bookkeeping records of the replication actor (`actors.replication`): plain state.
 
-`Target` is the package being fetched: its chunk table, what this peer holds, how many site
-peers hold each chunk (`availability`), and the random tie-break order of rarest first.
+`Target` is the package being fetched: its chunk table, what this peer holds, which site
+peers hold each chunk (`holders`, and their number, `availability`), and the random tie-break
+order of rarest first.
 `Peer` is a live site peer with its bitfield; `Source` is where a fetch goes (a peer's
 chunk service or a WAN source) with its load and backoff; `Fetch` is one fetch in flight.
 The pure choices of the planner (`pick_holder`, `pick_wan_source`) live here too.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from actors.bitfield import SEGMENT_BYTES, SEGMENT_CHUNKS, Bitfield, ChunkRef, chunk_table
@@ -28,6 +30,8 @@ class Source:
     fetching: int = 0
     unusable_until_s: float = -math.inf
     """Backing off (failure, timeout) or banned (bad data) until then."""
+    retired: bool = False
+    """Its peer left or it is no longer a WAN source: its backoff no longer wakes anyone."""
 
 
 @dataclass(slots=True)
@@ -62,8 +66,12 @@ class Target:
     """Chunk number of each file's first chunk."""
     rank: list[int]
     """A random permutation of chunk numbers: rarest first breaks ties by it."""
+    order: list[int]
+    """The chunk numbers sorted by `rank`."""
     held: Bitfield
     availability: list[int] = field(default_factory=list)
+    holders: list[dict[NodeId, Peer]] = field(default_factory=list)
+    """The site peers known to hold each chunk (`availability` counts them)."""
     missing: dict[int, None] = field(default_factory=dict)
     """Chunk numbers not held, as an ordered set (never a `set`: iteration order is behaviour)."""
     inventory_known: bool = False
@@ -91,8 +99,10 @@ class Target:
             chunks=chunks,
             file_offsets=tuple(offsets),
             rank=rank,
+            order=order,
             held=Bitfield(len(chunks)),
             availability=[0] * len(chunks),
+            holders=[{} for _ in chunks],
         )
 
     @property
@@ -160,19 +170,35 @@ class Target:
             changes = peer.held.fill()
         else:
             changes = peer.held.write_segment(have.first_chunk, have.bitmap)
-        availability = self.availability
         for number, now_set in changes:
-            availability[number] += 1 if now_set else -1
+            if now_set:
+                self.add_holder(peer, number)
+            else:
+                self.drop_holder(peer, number)
+
+    def add_holder(self, peer: Peer, number: int) -> None:
+        """`peer` now holds chunk `number` (its bitfield says so already)."""
+        self.availability[number] += 1
+        self.holders[number][peer.node_id] = peer
+
+    def drop_holder(self, peer: Peer, number: int) -> None:
+        """`peer` no longer counts as a holder of chunk `number`."""
+        self.availability[number] -= 1
+        del self.holders[number][peer.node_id]
 
 
-def pick_holder(usable: list[Peer], number: int, tried: dict[Address, None]) -> Peer | None:
-    """The holder of chunk `number` to ask: untried first, then least loaded, then by rank."""
+def pick_holder(
+    holders: Iterable[Peer], tried: dict[Address, None], per_source_max: int, now_s: float
+) -> Peer | None:
+    """The holder to ask: one with room and not backing off; untried first, then least
+    loaded, then by rank."""
     best: Peer | None = None
     best_key = (True, 0, 0.0)
-    for peer in usable:
-        if peer.held is None or number not in peer.held:
+    for peer in holders:
+        source = peer.source
+        if source.fetching >= per_source_max or source.unusable_until_s > now_s:
             continue
-        key = (peer.source.address in tried, peer.source.fetching, peer.rank)
+        key = (source.address in tried, source.fetching, peer.rank)
         if best is None or key < best_key:
             best, best_key = peer, key
     return best

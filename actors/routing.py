@@ -12,15 +12,18 @@ from typing import Final
 from actors.core import ActorName
 from actors.messages import (
     Ack,
+    ChunkRequest,
     Claim,
     Gossip,
     Have,
     Lease,
+    ManifestRequest,
     Message,
     Nack,
     Ping,
     PingReq,
     Resign,
+    SeedOffer,
     Sync,
 )
 
@@ -35,4 +38,7 @@ MESSAGE_ROUTES: Final[dict[type[Message], ActorName]] = {
     Claim: ActorName.ELECTION,
     Resign: ActorName.ELECTION,
     Have: ActorName.REPLICATION,
+    ChunkRequest: ActorName.REPLICATION,  # TCP only: over UDP it is dropped as unexpected
+    ManifestRequest: ActorName.REPLICATION,  # TCP only, likewise
+    SeedOffer: ActorName.REPLICATION,  # TCP only, likewise
 }

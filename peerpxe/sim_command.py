@@ -123,6 +123,7 @@ def report(result: SimResult, report_path: Path | None = None) -> str:
         f"boot time p50 {_seconds(result.boot_s_p50)}, p99 {_seconds(result.boot_s_p99)}",
         f"  DISCOVERs {result.discovers}: with two offers {result.dual_offers} "
         f"(rate {result.dual_offer_rate:.4f}; in steady state {result.steady_dual_offers})",
+        *_replication_lines(result),
         f"  dropped {_counts(result.dropped)}",
         f"  invariant violations {result.violation_count}",
     ]
@@ -271,6 +272,25 @@ def _ratio(result: SimResult) -> str:
     if result.wall_time_s <= 0:
         return "inf"
     return f"{result.sim_time_s / result.wall_time_s:.0f}"
+
+
+def _replication_lines(result: SimResult) -> list[str]:
+    """The replication figures, when the scenario replicates a package."""
+    if not result.wan_bytes_by_site:
+        return []
+    ratio = result.wan_bytes_ratio_max
+    offload = result.origin_offload
+    utilisation = result.lan_utilisation
+    return [
+        f"  replication: WAN bytes / package max {'n/a' if ratio is None else f'{ratio:.4f}'}"
+        f" (by site {_counts(result.wan_bytes_by_site)}), WAN cap exceeded "
+        f"{result.wan_cap_exceeded} times; origin offload "
+        f"{'n/a' if offload is None else f'{offload:.4f}'}; site replication p50 "
+        f"{_seconds(result.replication_s_p50)}, p99 {_seconds(result.replication_s_p99)} "
+        f"(unfinished {result.replication_unfinished}); corrupt chunks refused "
+        f"{result.corrupt_chunks_refused}, accepted {result.corrupt_chunks_accepted}; LAN "
+        f"utilisation {'n/a' if utilisation is None else f'{utilisation:.2f}'}",
+    ]
 
 
 def _seconds(value: float | None) -> str:

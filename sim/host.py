@@ -28,6 +28,9 @@ The node turns commands into scheduled callbacks and scheduled callbacks into ev
 - DHCP: a simulated PXE client's datagram arrives by `receive_dhcp` and becomes
   `DhcpPacketReceived` for the boot actor; `SendDhcpReply` is handed to the world, which
   carries the reply to the simulated clients (`sim.boot_clients`).
+- `FetchChunk`: handed to the world's chunk service (`sim.replication_host`), which models
+  the transfer and answers with `ChunkStored`, `ChunkRefused` or `ChunkFetchFailed`;
+  `FetchManifest` likewise (answered with `ManifestFetched` or `ManifestFetchFailed`).
 - `Log`: handed to the world's optional log sink. `CountMetric`: per-node counters.
 
 Performance: nothing here is a SimPy process. Every delivery is a `Scheduled` object that
@@ -54,6 +57,8 @@ from actors.core import (
     CountMetric,
     DhcpPacketReceived,
     Event,
+    FetchChunk,
+    FetchManifest,
     LeadershipChanged,
     Log,
     MemberChanged,
@@ -279,6 +284,10 @@ class SimNode:
                 self.counters.add(metric.name, metric.amount)
             elif kind is SendDhcpReply:
                 self.world.dhcp_reply(self, cast("SendDhcpReply", command))
+            elif kind is FetchChunk:
+                self.world.fetch_chunk(self, cast("FetchChunk", command))
+            elif kind is FetchManifest:
+                self.world.fetch_manifest(self, cast("FetchManifest", command))
             else:
                 assert kind is Log, f"unknown command {command!r}"
                 self.world.log(self, cast("Log", command))

@@ -12,7 +12,9 @@ Timing follows python-zeroconf with a running `ServiceBrowser`:
 - a crash sends nothing: TTL expiry (120 s, RFC 6762 §10) is far too slow to matter, which
   is why discovery runs its own failure detector.
 
-Multicast does not cross partitions: a member on another side hears nothing. Jitter comes
+A record carries the node's current member info, capabilities included (the agent updates
+its TXT record when it gains one). Multicast does not cross partitions: a member on another
+side hears nothing. Jitter comes
 from `random.Random(f"mdns:{seed}")`; members are visited in the order they were announced.
 """
 
@@ -22,7 +24,7 @@ import random
 from typing import TYPE_CHECKING, Final
 
 from actors.codec import WIRE_VERSION
-from actors.core import ActorName, NodeId, PeerDiscovered, PeerLost
+from actors.core import ActorName, MemberInfo, NodeId, PeerDiscovered, PeerLost
 
 if TYPE_CHECKING:
     from sim.host import SimNode
@@ -50,13 +52,13 @@ class Mdns:
         assert node.node_id not in live
         rng = self._rng
         reachable = self._world.network.reachable
-        announced = PeerDiscovered(node.info, WIRE_VERSION)
+        announced = PeerDiscovered(advertised(node), WIRE_VERSION)
         discovery = ActorName.DISCOVERY
         for other in live.values():
             if not reachable(node.address, other.address):
                 continue
             other.deliver(discovery, announced, ANNOUNCE_SEEN_S + ANNOUNCE_JITTER_S * rng.random())
-            answer = PeerDiscovered(other.info, WIRE_VERSION)
+            answer = PeerDiscovered(advertised(other), WIRE_VERSION)
             node.deliver(discovery, answer, QUERY_ANSWER_S + QUERY_JITTER_S * rng.random())
         live[node.node_id] = node
 
@@ -76,3 +78,10 @@ class Mdns:
     def live_members(self, subnet: str) -> list[SimNode]:
         """Announced, live nodes of `subnet`, in announcement order."""
         return list(self._live.get(subnet, {}).values())
+
+
+def advertised(node: SimNode) -> MemberInfo:
+    """What `node`'s service record says: its discovery's current view of itself (the
+    capabilities it gained since it started included), else its configured info."""
+    info = getattr(node.actors.get(ActorName.DISCOVERY), "self_info", None)
+    return info if isinstance(info, MemberInfo) else node.info

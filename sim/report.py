@@ -13,7 +13,7 @@ Files, written in this order so that `report.md` never names a plot that is not 
   run gives the same bytes): `boot_time_cdf.png` (when some machine booted),
   `responders.png`, `live_peers.png` (partitions shaded), and `wan_bytes.png` /
   `replication.png` only when the result carries `wan_bytes_by_site` /
-  `replication_progress_by_site` (replication is not simulated yet: no empty plots);
+  `replication_progress_by_site` (runs that replicate a package: no empty plots);
   a plot of an earlier report that this run does not draw is removed;
 - `report.json`: every figure of `SimResult.to_json()` at the top level, plus
   `scenario_path`, `scenario_hash` (sha256 of the file), `code_version` (`peerpxe` package
@@ -459,9 +459,30 @@ def _plots_section(plots: list[Plot], data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+REPLICATION_FIGURES: Final = (
+    ("WAN bytes / package size, worst site", "wan_bytes_ratio_max", ""),
+    ("WAN cap exceeded (1 s windows)", "wan_cap_exceeded", ""),
+    ("origin offload", "origin_offload", ""),
+    ("site replication time p50", "replication_s_p50", "s"),
+    ("site replication time p99", "replication_s_p99", "s"),
+    ("sites not reached", "replication_unfinished", ""),
+    ("corrupt chunks refused", "corrupt_chunks_refused", ""),
+    ("corrupt chunks accepted", "corrupt_chunks_accepted", ""),
+    ("LAN utilisation while fetching", "lan_utilisation", ""),
+)
+"""(label, `report.json` key, unit) of the replication table."""
+
+
 def _replication_section(data: dict[str, Any]) -> str:
     if has_replication(data):
-        return "## Replication\n\nSee the WAN bytes and replication plots above.\n"
+        rows = ["## Replication", "", "See the WAN bytes and replication plots above.", ""]
+        rows += ["| figure | value | kind |", "|---|---:|---|"]
+        for label, key, unit in REPLICATION_FIGURES:
+            value = data.get(key)
+            text = f"{value:.4f}" if isinstance(value, float) and not unit else _value(value, unit)
+            rows.append(f"| {label} | {text} | simulated |")
+        rows.append("")
+        return "\n".join(rows)
     return (
         "## Replication\n\nThis run has no replication: the result carries no WAN bytes or "
         "replication progress, so there are no replication plots.\n"

@@ -11,10 +11,18 @@ each `[[boot]]` powers on simulated PXE clients (`sim.boot_clients`).
 Listeners: `Invariants` (membership), `MembershipMetrics` (detection), `LeadershipWatch`
 (one responder per subnet and term, failover) and `BootClients` (boot success, duplicate
 offers).
+
+With replication (`[replication]`, `[[site]]`, `[[publish]]`), every peer also runs the
+replication actor and the site's downloader election (`downloader` capability for weight >
+0), and `ReplicationHost` (`sim.replication_host`) holds the origin and the stores, runs
+each `[[publish]]` and the `wan-down`/`wan-up` events, and reports the replication figures.
+A peer is responder-eligible when its subnet's `eligible` says it holds the (pre-existing)
+boot package, or once its store completes a published package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import time
@@ -26,13 +34,23 @@ from actors.boot.actor import Boot
 from actors.boot.proxy_dhcp import ArchClass, ProxyPolicy
 from actors.core import Actor, Address, MemberInfo
 from actors.discovery import Discovery
-from actors.election import RESPONDER_CAPABILITY, Election
+from actors.election import DOWNLOADER_CAPABILITY, RESPONDER_CAPABILITY, Election
+from actors.replication import Replication, ReplicationKnobs
+from sim import knob_draws
 from sim.boot_clients import BootClients, BootFigures
 from sim.checkers import Invariants, Violation
 from sim.host import ActorBuilder, Scheduled, SimNode, schedule
 from sim.leadership import LeadershipFigures, LeadershipWatch, percentile
 from sim.metrics import MembershipMetrics
-from sim.scenario import PEER_PORT, TARGET_RULE, EventSpec, Scenario
+from sim.replication_host import ReplicationFigures, ReplicationHost
+from sim.scenario import (
+    PEER_PORT,
+    TARGET_RULE,
+    EventSpec,
+    ReplicationSpec,
+    Scenario,
+    ScenarioError,
+)
 from sim.timeline import Timeline
 from sim.trace import Trace
 from sim.workload import Action, Applier, initially_down, plan_actions
@@ -88,6 +106,25 @@ class SimResult:
     boot_failures: dict[str, int] = field(default_factory=dict)
     churn_applied: int = 0
     churn_skipped: int = 0
+    wan_bytes_by_site: dict[str, int] = field(default_factory=dict)
+    wan_bytes_ratio_max: float | None = None
+    wan_window_bytes_max_by_site: dict[str, int] = field(default_factory=dict)
+    wan_cap_exceeded: int = 0
+    origin_offload: float | None = None
+    replication_s_p50: float | None = None
+    replication_s_p99: float | None = None
+    replication_s_max: float | None = None
+    replication_s_by_site: dict[str, float] = field(default_factory=dict)
+    replication_unfinished: int = 0
+    replication_progress_by_site: dict[str, list[list[float]]] = field(default_factory=dict)
+    corrupt_chunks_refused: int = 0
+    corrupt_chunks_accepted: int = 0
+    lan_utilisation: float | None = None
+    chunk_transfers: int = 0
+    chunk_fetch_failures: int = 0
+    packages_completed: int = 0
+    knobs_drawn: dict[str, float] = field(default_factory=dict)
+    """The `[randomize]` knob values this seed drew (empty without `[randomize]`)."""
     violations: tuple[Violation, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -115,33 +152,76 @@ def discovery_builder(scenario: Scenario, seeds: tuple[Address, ...]) -> ActorBu
     return build
 
 
-def peer_builder(scenario: Scenario, seeds: tuple[Address, ...]) -> ActorBuilder:
-    """Builds what `peerpxe agent` runs: discovery, election and boot, per node life.
+def peer_builder(
+    scenario: Scenario,
+    seeds: tuple[Address, ...],
+    holds_package: Callable[[str], bool] | None = None,
+) -> ActorBuilder:
+    """Builds what `peerpxe agent` runs: discovery, election and boot (and replication when
+    the scenario replicates), per node life.
 
     A peer is responder-eligible when its `MemberInfo` carries the `responder` capability
-    (the scenario gives it to peers that hold the verified package and have weight > 0).
+    (the scenario gives it to peers that hold the verified package and have weight > 0, and
+    `holds_package(node_id)` to peers whose store holds the current published package).
+    With replication, peers of weight > 0 also carry `downloader` and run the site's WAN
+    downloader election.
     """
+    replication = scenario.replication
+    knobs_of = _site_knobs(scenario, replication)
 
     def build(info: MemberInfo, rng: random.Random, life: int) -> list[Actor]:
         own = tuple(seed for seed in seeds if seed != info.address)
         election_rng = random.Random(rng.getrandbits(64))
+        if replication is not None:
+            info = _with_capabilities(
+                info, holds_package is not None and holds_package(info.node_id)
+            )
         policy = ProxyPolicy(
             boot_files=BOOT_FILES,
             ipxe_script_url=f"http://{info.address.host}:8080/boot.ipxe",
             http_boot_url_base=f"http://{info.address.host}:8080/",
         )
-        return [
+        actors: list[Actor] = [
             Discovery(self_info=info, rng=rng, knobs=scenario.knobs, seeds=own),
             Election(
                 info,
                 election_rng,
                 scenario.election,
                 responder_eligible=RESPONDER_CAPABILITY in info.capabilities,
+                downloader_eligible=DOWNLOADER_CAPABILITY in info.capabilities,
             ),
             Boot(info, policy, info.address.host),
         ]
+        if replication is not None:
+            replication_rng = random.Random(election_rng.getrandbits(64))
+            actors.append(Replication(info, replication_rng, knobs_of[info.site]))
+        return actors
 
     return build
+
+
+def _site_knobs(
+    scenario: Scenario, replication: ReplicationSpec | None
+) -> dict[str, ReplicationKnobs]:
+    """Each site's replication knobs: the scenario's, with the site's WAN cap."""
+    if replication is None:
+        return {}
+    return {
+        site: dataclasses.replace(
+            replication.knobs, wan_bytes_per_s=replication.site(site).wan_cap_bytes_per_s
+        )
+        for site in scenario.sites()
+    }
+
+
+def _with_capabilities(info: MemberInfo, holds_package: bool) -> MemberInfo:
+    """`info` advertising `downloader` (weight > 0) and `responder` if the package is held."""
+    capabilities = list(info.capabilities)
+    if holds_package and RESPONDER_CAPABILITY not in capabilities:
+        capabilities.append(RESPONDER_CAPABILITY)
+    if info.weight > 0 and DOWNLOADER_CAPABILITY not in capabilities:
+        capabilities.append(DOWNLOADER_CAPABILITY)
+    return dataclasses.replace(info, capabilities=tuple(capabilities))
 
 
 class Simulation:
@@ -154,8 +234,12 @@ class Simulation:
         build: ActorBuilder | None = None,
         keep_trace: bool = False,
     ) -> None:
-        self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
+        try:
+            self.scenario, self.knobs_drawn = knob_draws.draw(scenario, self.seed)
+        except knob_draws.KnobRangeError as error:
+            raise ScenarioError(f"{scenario.path}: randomize: {error}") from error
+        scenario = self.scenario
         key = hashlib.sha256(f"cluster:{scenario.name}".encode()).digest()
         self.world = World(self.seed, scenario.network, key, Trace(keep=keep_trace))
         self.invariants = Invariants(self.world)
@@ -164,6 +248,12 @@ class Simulation:
         self._rng = random.Random(f"faults:{self.seed}")
         self._subnet_of: dict[str, str] = {}
         self._eligible: dict[str, bool] = {}
+        self.replication: ReplicationHost | None = None
+        if scenario.replication is not None:
+            self.replication = ReplicationHost(
+                self.world, scenario.replication, scenario.sites(), self._package_complete
+            )
+            self.world.listeners.append(self.replication)
         self._create_nodes(build)
         self.leadership = LeadershipWatch(self.world, self.invariants, self.is_eligible)
         self.world.listeners.append(self.leadership)
@@ -193,6 +283,8 @@ class Simulation:
             "partition": self._partition,
             "heal": lambda _event: self.world.heal(),
             "slow": self._slow,
+            "wan-down": lambda event: self._wan(event, up=False),
+            "wan-up": lambda event: self._wan(event, up=True),
         }
         self._callbacks = (self._on_scheduled,)
         self.run_finished_wall_s = 0.0
@@ -209,6 +301,10 @@ class Simulation:
         for event in self.scenario.events:
             if event.at_s < self.scenario.duration_s:
                 self.at(event.at_s, _bind(self._apply, event))
+        if self.scenario.replication is not None and self.replication is not None:
+            for publish in self.scenario.replication.publishes:
+                if publish.at_s < self.scenario.duration_s:
+                    self.at(publish.at_s, _bind(self.replication.publish, publish))
         started = time.perf_counter()
         self.world.env.run(until=self.scenario.duration_s)
         self.run_finished_wall_s = time.perf_counter()
@@ -221,6 +317,11 @@ class Simulation:
         """Whether `node` holds the verified boot package and may be elected responder."""
         return self._eligible.get(node.node_id, False)
 
+    def _package_complete(self, node: SimNode) -> None:
+        """`node`'s store completed a published package: it may now be elected responder."""
+        if node.info.weight > 0:
+            self._eligible[node.node_id] = True
+
     # ----------------------------------------------------------------------- setup
 
     def _create_nodes(self, build: ActorBuilder | None) -> None:
@@ -230,15 +331,18 @@ class Simulation:
             for index, node_id in enumerate(subnet.node_ids()):
                 address = Address(subnet.host_of(index), PEER_PORT)
                 eligible = subnet.responder_eligible(index)
-                capabilities = (RESPONDER_CAPABILITY,) if eligible else ()
+                capabilities: tuple[str, ...] = (RESPONDER_CAPABILITY,) if eligible else ()
                 weight = subnet.weight_of(index)
+                if self.scenario.replication is not None and weight > 0:
+                    capabilities += (DOWNLOADER_CAPABILITY,)
                 info = MemberInfo(node_id, subnet.site, subnet.cidr, address, weight, capabilities)
                 infos.append(info)
                 self._subnet_of[node_id] = subnet.name
                 self._eligible[node_id] = eligible
                 if node_id in self.scenario.seed_nodes:
                     seeds.append(address)
-        builder = build or peer_builder(self.scenario, tuple(seeds))
+        holds = None if self.replication is None else self.replication.holds_current
+        builder = build or peer_builder(self.scenario, tuple(seeds), holds)
         for info in infos:
             self.world.add_node(info, builder)
 
@@ -284,6 +388,11 @@ class Simulation:
         nodes = self._resolve(event, running=True)
         if nodes:
             self.world.partition(nodes)
+
+    def _wan(self, event: EventSpec, *, up: bool) -> None:
+        assert self.replication is not None, "wan events need [replication]"
+        sites = self.scenario.sites() if "all" in event.targets else list(event.targets)
+        self.replication.set_wan(sites, up)
 
     def _slow(self, event: EventSpec) -> None:
         for node in self._resolve(event, running=True):
@@ -375,8 +484,10 @@ class Simulation:
             violations=tuple(self.invariants.violations),
             churn_applied=self.applier.applied,
             churn_skipped=self.applier.skipped,
+            knobs_drawn=dict(self.knobs_drawn),
             **_leadership_figures(leadership),
             **_boot_figures(boots),
+            **(_replication_figures(self.replication.figures()) if self.replication else {}),
         )
 
 
@@ -417,6 +528,33 @@ def _boot_figures(figures: BootFigures) -> dict[str, Any]:
         "boot_s_p50": percentile(figures.boot_s, 0.50),
         "boot_s_p99": percentile(figures.boot_s, 0.99),
         "boot_failures": dict(sorted(figures.failures.items())),
+    }
+
+
+def _replication_figures(figures: ReplicationFigures) -> dict[str, Any]:
+    published = figures.published_bytes
+    wan = figures.wan_bytes_by_site
+    offload = None
+    if figures.completed_bytes:
+        offload = 1.0 - figures.origin_bytes / figures.completed_bytes
+    return {
+        "wan_bytes_by_site": wan,
+        "wan_bytes_ratio_max": max(wan.values()) / published if published and wan else None,
+        "wan_window_bytes_max_by_site": figures.wan_window_bytes_max_by_site,
+        "wan_cap_exceeded": figures.wan_cap_exceeded,
+        "origin_offload": offload,
+        "replication_s_p50": percentile(figures.replication_s, 0.50),
+        "replication_s_p99": percentile(figures.replication_s, 0.99),
+        "replication_s_max": max(figures.replication_s, default=None),
+        "replication_s_by_site": figures.replication_s_by_site,
+        "replication_unfinished": figures.replication_unfinished,
+        "replication_progress_by_site": figures.progress_by_site,
+        "corrupt_chunks_refused": figures.corrupt_chunks_refused,
+        "corrupt_chunks_accepted": figures.corrupt_chunks_accepted,
+        "lan_utilisation": figures.lan_utilisation,
+        "chunk_transfers": figures.chunk_transfers,
+        "chunk_fetch_failures": figures.chunk_fetch_failures,
+        "packages_completed": figures.completions,
     }
 
 

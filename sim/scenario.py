@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from actors.bitfield import CHUNKS_MAX
 from actors.discovery import DiscoveryKnobs
 from actors.election import ElectionKnobs
+from actors.package import CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, parse_version
+from actors.package import NAME_PATTERN as PACKAGE_NAME
+from actors.replication import ReplicationKnobs
 from sim import churn
+from sim.knob_draws import KnobRange, KnobRangeError, check_ranges
 from sim.network import LatencySpec, NetworkSpec
 from sim.workload import (
     CHURN_MODELS,
@@ -31,17 +36,25 @@ from sim.workload import (
     churn_events,
 )
 
-ACTIONS: Final = ("crash", "restart", "stop", "partition", "heal", "slow")
+ACTIONS: Final = ("crash", "restart", "stop", "partition", "heal", "slow", "wan-down", "wan-up")
+WAN_ACTIONS: Final = ("wan-down", "wan-up")
+"""Actions on sites' WAN links: their targets are site names or `all`."""
 FIRMWARES: Final = ("bios", "uefi", "ipxe")
 NAME_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 TARGET_RULE: Final = re.compile(
     r"^(random:(?P<count>[0-9]+)|all|(?P<leader>leader))(@(?P<subnet>[a-z0-9-]+))?$"
 )
 PEER_PORT: Final = 7946  # memberlist's default port; every simulated peer listens on it
-ARRAY_SECTIONS: Final = ("subnet", "event", "boot", "churn")
+ARRAY_SECTIONS: Final = ("subnet", "event", "boot", "churn", "site", "publish")
 """Sections written `[[name]]`: their errors always carry the index, `boot[0].at_s`."""
 
-Knobs = TypeVar("Knobs", DiscoveryKnobs, ElectionKnobs)
+Knobs = TypeVar("Knobs", DiscoveryKnobs, ElectionKnobs, ReplicationKnobs)
+MIB: Final = 1 << 20
+KIB: Final = 1 << 10
+MBIT_BYTES: Final = 1_000_000 / 8
+"""Bytes per second in one Mbit/s."""
+SITE_KNOB: Final = "wan_bytes_per_s"
+"""The one `ReplicationKnobs` field `[replication]` does not take: each `[[site]]` sets it."""
 
 
 class ScenarioError(Exception):
@@ -124,6 +137,72 @@ class TftpSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteSpec:
+    """A site's WAN link: its rate, and the cap its downloader's token bucket keeps."""
+
+    name: str
+    wan_mbit_s: float = 1000.0
+    wan_cap_mbit_s: float = 100.0
+
+    @property
+    def wan_bytes_per_s(self) -> float:
+        """The link's rate, shared by the site's concurrent WAN transfers."""
+        return self.wan_mbit_s * MBIT_BYTES
+
+    @property
+    def wan_cap_bytes_per_s(self) -> float:
+        """The downloader's token-bucket rate (`ReplicationKnobs.wan_bytes_per_s`)."""
+        return self.wan_cap_mbit_s * MBIT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSpec:
+    """At `at_s` the origin publishes package `name` `version`: `size_bytes` in `files` files."""
+
+    at_s: float
+    name: str
+    version: tuple[int, ...]
+    size_bytes: int
+    files: int
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationSpec:
+    """Boot package replication: chunking, bandwidths, corruption, knobs, sites, publishes."""
+
+    chunk_bytes: int = 4 * MIB
+    lan_mbit_s: float = 100.0
+    origin_mbit_s: float = 10_000.0
+    upload_slots: int = 4
+    """Concurrent uploads a peer's chunk service accepts; more are refused as busy (the
+    unchoked slots of BitTorrent, BEP 3, where 4 is the customary number)."""
+    upload_backlog: int = 8
+    """Requests a busy chunk service keeps waiting for a slot (first come, first served)."""
+    corrupt_fraction: float = 0.0
+    knobs: ReplicationKnobs = field(default_factory=ReplicationKnobs)
+    sites: tuple[SiteSpec, ...] = ()
+    publishes: tuple[PublishSpec, ...] = ()
+
+    @property
+    def lan_bytes_per_s(self) -> float:
+        """Each peer's upload and (separately) download capacity."""
+        return self.lan_mbit_s * MBIT_BYTES
+
+    @property
+    def origin_bytes_per_s(self) -> float:
+        """The origin's upload capacity, shared by every downloader fetching from it."""
+        return self.origin_mbit_s * MBIT_BYTES
+
+    def site(self, name: str) -> SiteSpec:
+        """The WAN link of site `name` (the defaults when no `[[site]]` names it)."""
+        for site in self.sites:
+            if site.name == name:
+                return site
+        return SiteSpec(name)
+
+
+@dataclass(frozen=True, slots=True)
 class EventSpec:
     """One scheduled fault: at `at_s`, apply `action` to `targets` (ids or rules)."""
 
@@ -155,6 +234,16 @@ class Scenario:
     tftp: TftpSpec = field(default_factory=TftpSpec)
     churn: tuple[ChurnSpec, ...] = ()
     replay: ReplaySpec | None = None
+    replication: ReplicationSpec | None = None
+    """Set when the file has `[replication]`, `[[site]]` or `[[publish]]`: peers then also
+    run the replication actor and the site's downloader election."""
+    randomize: tuple[KnobRange, ...] = ()
+    """`[randomize.SECTION] knob = [low, high]`: knobs drawn anew for each seed
+    (`sim.knob_draws`)."""
+
+    def sites(self) -> list[str]:
+        """The sites of the subnets, in order of first appearance."""
+        return list(dict.fromkeys(subnet.site for subnet in self.subnets))
 
     def node_ids(self) -> list[str]:
         """Every peer id, subnet by subnet."""
@@ -236,7 +325,8 @@ class _Reader:
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
         sections = ("scenario", "network", "discovery", "election", "subnet", "event", "boot")
-        self._only(data, "", 0, (*sections, "tftp", "churn", "replay"))
+        more = ("tftp", "churn", "replay", "replication", "site", "publish", "randomize")
+        self._only(data, "", 0, (*sections, *more))
         head = _Table(self, "scenario", 0, self._table(data, "scenario", required=True))
         name = head.name("name")
         duration_s = head.number("duration_s", minimum=0.0, exclusive=True)
@@ -253,10 +343,12 @@ class _Reader:
             if node_id not in known:
                 raise self.fail("scenario", 0, "seed_nodes", f"unknown node id {node_id!r}")
         events = self._events(data.get("event", []), subnets, known, slow_delay_s)
+        replication = self._replication(data, subnets)
         boots = self._boots(data.get("boot", []), subnets)
         tftp = self._tftp(self._table(data, "tftp"))
         churn_specs = self._churn(data.get("churn", []), subnets, known)
         replay = self._replay(data.get("replay"))
+        randomize = self._randomize(self._table(data, "randomize"))
         return Scenario(
             path=self._path,
             name=name,
@@ -275,7 +367,21 @@ class _Reader:
             tftp=tftp,
             churn=churn_specs,
             replay=replay,
+            replication=replication,
+            randomize=randomize,
         )
+
+    def _randomize(self, raw: dict[str, Any]) -> tuple[KnobRange, ...]:
+        """`[randomize.SECTION]` knob ranges, each checked against the knob's type and bounds."""
+        for section, table in raw.items():
+            if not isinstance(table, dict):
+                raise self.fail("randomize", 0, section, "expected a table of knob = [low, high]")
+            for key, bounds in table.items():
+                try:
+                    check_ranges({section: {key: bounds}})
+                except KnobRangeError as error:
+                    raise self.fail(f"randomize.{section}", 0, key, str(error)) from error
+        return check_ranges(raw)
 
     def _table(self, data: dict[str, Any], name: str, required: bool = False) -> dict[str, Any]:
         table = data.get(name)
@@ -305,16 +411,23 @@ class _Reader:
     def _knobs(self, data: dict[str, Any], section: str, defaults: Knobs) -> Knobs:
         """Overrides of a knobs dataclass's numeric fields; the knobs' own checks apply."""
         table = _Table(self, section, 0, data)
+        knobs = self._knob_overrides(table, section, defaults, ())
+        table.done()
+        return knobs
+
+    def _knob_overrides(
+        self, table: _Table, section: str, defaults: Knobs, skip: tuple[str, ...]
+    ) -> Knobs:
+        """`defaults` with the numeric fields `table` sets (but those in `skip`)."""
         values: dict[str, Any] = {}
         for knob in dataclasses.fields(defaults):
             default = getattr(defaults, knob.name)
-            if isinstance(default, bool):
+            if isinstance(default, bool) or knob.name in skip:
                 continue
             if isinstance(default, int):
                 values[knob.name] = table.integer(knob.name, default=default, minimum=0)
             elif isinstance(default, float):
                 values[knob.name] = table.number(knob.name, default=default, minimum=0.0)
-        table.done()
         try:
             return dataclasses.replace(defaults, **values)
         except (AssertionError, ValueError) as error:
@@ -364,6 +477,7 @@ class _Reader:
         if not isinstance(raw, list):
             raise self.fail("event", 0, None, "expected [[event]] tables")
         subnet_names = [subnet.name for subnet in subnets]
+        sites = list(dict.fromkeys(subnet.site for subnet in subnets))
         events: list[EventSpec] = []
         for index, data in enumerate(raw):
             table = _Table(self, "event", index, data)
@@ -375,7 +489,10 @@ class _Reader:
             if action != "heal" and not targets:
                 raise self.fail("event", index, "targets", f"{action} needs targets")
             for target in targets:
-                problem = _target_problem(target, subnet_names, known, action)
+                if action in WAN_ACTIONS:
+                    problem = _site_problem(target, sites)
+                else:
+                    problem = _target_problem(target, subnet_names, known, action)
                 if problem:
                     raise self.fail("event", index, "targets", problem)
             line = self._locate("event", index)
@@ -476,6 +593,91 @@ class _Reader:
             raise self.fail("replay", 0, "trace", f"no such trace file: {trace}")
         return spec
 
+    def _replication(
+        self, data: dict[str, Any], subnets: tuple[SubnetSpec, ...]
+    ) -> ReplicationSpec | None:
+        """`[replication]`, `[[site]]` and `[[publish]]`; None when the file has none."""
+        if not any(key in data for key in ("replication", "site", "publish")):
+            return None
+        table = _Table(self, "replication", 0, self._table(data, "replication"))
+        defaults = ReplicationSpec()
+        chunk_kib = table.integer(
+            "chunk_kib",
+            default=defaults.chunk_bytes // KIB,
+            minimum=CHUNK_BYTES_MIN // KIB,
+            maximum=CHUNK_BYTES_MAX // KIB,
+        )
+        lan = table.number("lan_mbit_s", default=defaults.lan_mbit_s, exclusive=True)
+        origin = table.number("origin_mbit_s", default=defaults.origin_mbit_s, exclusive=True)
+        slots = table.integer("upload_slots", default=defaults.upload_slots, minimum=1)
+        backlog = table.integer("upload_backlog", default=defaults.upload_backlog, minimum=0)
+        corrupt = table.number("corrupt_fraction", default=0.0, maximum=0.5)
+        if table.has(SITE_KNOB):
+            raise table.fail(SITE_KNOB, "the WAN cap is per site: set wan_cap_mbit_s in [[site]]")
+        knobs = self._knob_overrides(table, "replication", ReplicationKnobs(), (SITE_KNOB,))
+        table.done()
+        chunk_bytes = chunk_kib * KIB
+        return ReplicationSpec(
+            chunk_bytes=chunk_bytes,
+            lan_mbit_s=lan,
+            origin_mbit_s=origin,
+            upload_slots=slots,
+            upload_backlog=backlog,
+            corrupt_fraction=corrupt,
+            knobs=knobs,
+            sites=self._sites(data.get("site", []), subnets),
+            publishes=self._publishes(data.get("publish", []), chunk_bytes),
+        )
+
+    def _sites(self, raw: object, subnets: tuple[SubnetSpec, ...]) -> tuple[SiteSpec, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("site", 0, None, "expected [[site]] tables")
+        names = tuple(dict.fromkeys(subnet.site for subnet in subnets))
+        sites: list[SiteSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "site", index, data)
+            defaults = SiteSpec("")
+            site = SiteSpec(
+                name=table.choice("name", names),
+                wan_mbit_s=table.number("wan_mbit_s", default=defaults.wan_mbit_s, exclusive=True),
+                wan_cap_mbit_s=table.number(
+                    "wan_cap_mbit_s", default=defaults.wan_cap_mbit_s, exclusive=True
+                ),
+            )
+            table.done()
+            if any(other.name == site.name for other in sites):
+                raise self.fail("site", index, "name", f"duplicate site {site.name!r}")
+            sites.append(site)
+        return tuple(sites)
+
+    def _publishes(self, raw: object, chunk_bytes: int) -> tuple[PublishSpec, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("publish", 0, None, "expected [[publish]] tables")
+        publishes: list[PublishSpec] = []
+        for index, data in enumerate(raw):
+            table = _Table(self, "publish", index, data)
+            at_s = table.number("at_s", minimum=0.0)
+            name = table.string("name")
+            if not PACKAGE_NAME.fullmatch(name):
+                raise table.fail("name", f"expected a package name [A-Za-z0-9._-], got {name!r}")
+            text = table.string("version")
+            try:
+                version = parse_version(text)
+            except ValueError as error:
+                raise table.fail("version", str(error)) from error
+            size_bytes = int(table.number("size_mib", exclusive=True) * MIB)
+            files = table.integer("files", default=1, minimum=1, maximum=1000)
+            table.done()
+            if size_bytes < files:
+                raise table.fail("files", f"{files} files do not fit in {size_bytes} bytes")
+            chunks = sum(-(-size // chunk_bytes) for size in split_sizes(size_bytes, files))
+            if chunks > CHUNKS_MAX:
+                problem = f"{chunks} chunks (more than {CHUNKS_MAX}): raise [replication] chunk_kib"
+                raise table.fail("size_mib", problem)
+            line = self._locate("publish", index)
+            publishes.append(PublishSpec(at_s, name, version, size_bytes, files, line))
+        return tuple(sorted(publishes, key=lambda publish: publish.at_s))
+
     def _tftp(self, data: dict[str, Any]) -> TftpSpec:
         table = _Table(self, "tftp", 0, data)
         defaults = TftpSpec()
@@ -530,6 +732,19 @@ def _check_churn_value(key: str, value: object) -> None:
         raise ValueError(f"expected a number >= 0, got {value!r}")
 
 
+def split_sizes(size_bytes: int, files: int) -> list[int]:
+    """`size_bytes` split into `files` file sizes, as equal as can be (the first ones larger)."""
+    assert 1 <= files <= size_bytes
+    base, extra = divmod(size_bytes, files)
+    return [base + (1 if index < extra else 0) for index in range(files)]
+
+
+def _site_problem(target: str, sites: list[str]) -> str | None:
+    if target == "all" or target in sites:
+        return None
+    return f"{target!r}: expected a site name ({', '.join(sites)}) or 'all'"
+
+
 def _target_problem(
     target: str, subnet_names: list[str], known: set[str], action: str
 ) -> str | None:
@@ -573,6 +788,10 @@ class _Table:
 
     def _fail(self, key: str, problem: str) -> ScenarioError:
         return self._reader.fail(self._section, self._index, key, problem)
+
+    def fail(self, key: str, problem: str) -> ScenarioError:
+        """An error about `key` of this table, with its file and line."""
+        return self._fail(key, problem)
 
     def done(self) -> None:
         for key in self._data:

@@ -5,7 +5,8 @@ anything is ever iterated). Faults go through it (`start`, `crash`, `stop`, `par
 `heal`, `set_slow`) so that each one is traced and reported to the listeners (checkers,
 metrics) at the simulated time it happens; so do the membership and leadership changes the
 nodes' actors tell each other. DHCP replies of the boot actors go to `dhcp_clients`, the
-simulated PXE clients, when there are any.
+simulated PXE clients, when there are any; chunk fetches of the replication actors go to
+`chunk_service` (`sim.replication_host`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import simpy
 from actors.core import (
     Address,
     Counters,
+    FetchChunk,
+    FetchManifest,
     LeadershipChanged,
     Log,
     MemberChanged,
@@ -57,6 +60,18 @@ class DhcpClients(Protocol):
         ...
 
 
+class ChunkService(Protocol):
+    """Where the replication actors' `FetchChunk` commands go (`sim.replication_host`)."""
+
+    def fetch(self, node: SimNode, command: FetchChunk) -> None:
+        """`node`'s replication actor asks for a chunk."""
+        ...
+
+    def fetch_manifest(self, node: SimNode, command: FetchManifest) -> None:
+        """`node`'s replication actor asks for a signed manifest."""
+        ...
+
+
 class World:
     """Every simulated thing of one run."""
 
@@ -78,6 +93,7 @@ class World:
         self.events = 0
         self.log_sink: Callable[[float, SimNode, Log], None] | None = None
         self.dhcp_clients: DhcpClients | None = None
+        self.chunk_service: ChunkService | None = None
         self._sides: dict[str, int] = {}
         self.client_sides: dict[str, int] = {}
         """Subnets whose PXE clients a switch failure moved off the main side."""
@@ -212,6 +228,16 @@ class World:
             self.dropped.add("dhcp_no_client")
             return
         self.dhcp_clients.on_reply(node, command)
+
+    def fetch_manifest(self, node: SimNode, command: FetchManifest) -> None:
+        """`node`'s replication actor asks for a manifest: the chunk service answers."""
+        assert self.chunk_service is not None, "a replication actor runs without a chunk service"
+        self.chunk_service.fetch_manifest(node, command)
+
+    def fetch_chunk(self, node: SimNode, command: FetchChunk) -> None:
+        """`node`'s replication actor asks for a chunk: the chunk service transfers it."""
+        assert self.chunk_service is not None, "a replication actor runs without a chunk service"
+        self.chunk_service.fetch(node, command)
 
     def log(self, node: SimNode, command: Log) -> None:
         """A `Log` command: handed to the optional sink, never part of the digest."""

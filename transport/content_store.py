@@ -224,6 +224,28 @@ class ContentStore:
         package = self._current_package()
         return None if package is None else package.manifest
 
+    def signed_manifest(self, package_id: str = "") -> bytes | None:
+        """The signed manifest of complete package `package_id` (empty: the newest), or of
+        the staged package when that is the one named; None when neither holds it."""
+        staged = self._staged
+        if package_id and staged is not None and staged.manifest.package_id == package_id:
+            return staged.signed
+        package = self._complete.get(package_id) if package_id else self._current_package()
+        if package is None:
+            return None
+        return (package.directory / MANIFEST_NAME).read_bytes()
+
+    def verify(self, signed_manifest: bytes) -> Manifest:
+        """The manifest in `signed_manifest` if the publisher signed it (no rollback check);
+        raises `PackageError` otherwise."""
+        return verify_manifest(signed_manifest, self._publisher_key, None)
+
+    def holds(self, package_id: str) -> bool:
+        """Whether `package_id` is complete here or is the package being fetched."""
+        staged = self._staged
+        staged_id = None if staged is None else staged.manifest.package_id
+        return package_id in self._complete or package_id == staged_id
+
     def served_root(self) -> Path | None:
         """The directory TFTP and HTTP serve: the current package's verified tree."""
         package = self._current_package()

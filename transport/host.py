@@ -16,19 +16,26 @@ actor's own thread:
 - `CountMetric` -> the peer's `SharedCounters`;
 - `SendDhcpReply` -> the peer's DHCP sender (`HostServices.dhcp`, the ProxyDHCP sockets in
   forwarding mode, attached with `Peer.attach_dhcp`); without one it is counted as
-  `dhcp.no_sender` and dropped.
+  `dhcp.no_sender` and dropped;
+- `FetchChunk` -> the peer's chunk fetcher (`HostServices.chunks`, attached with
+  `Peer.attach_chunks`), which queues it and later tells the outcome to the replication
+  actor from its worker threads (`transport.chunk_fetcher`); without one it is counted as
+  `chunks.no_fetcher` and told back at once as `ChunkFetchFailed(fetch, "no_fetcher")`;
+- `FetchManifest` -> the same fetcher (`ManifestFetchFailed(command, "no_fetcher")` without).
 
 Two transport-only messages let the composition root reach into an actor on its thread:
 `Invoke(function)` runs `function(logic, now_s)` and executes the commands it returns (for
 example `Discovery.leave`), `Inspect(function)` returns `function(logic)` to an `ask()`.
 
 `Peer` composes one peer: the UDP endpoint (bound at construction, so its port is known
-before the actors are built), the timer thread, the actors and the optional zeroconf
-adapter. `stop()` tears them down in an order that loses nothing and leaks nothing:
-leave (optional, while everything still runs) -> stop mDNS browsing and stop receiving (no
-more events: a departing peer must not hear, and refute, gossip about its own departure)
--> stop the actors (no more sends or timers) -> mDNS goodbye and close -> stop the timer
-thread -> close the socket.
+before the actors are built), the timer thread, the actors, the optional chunk service
+(`attach_chunks`: a TCP `ChunkServer` on the UDP port's number, a `ChunkFetcher`, a
+`SharedStore`) and the optional zeroconf adapter. `stop()` tears them down in an order
+that loses nothing and leaks nothing: leave (optional, while everything still runs) -> stop
+mDNS browsing and stop receiving (no more events: a departing peer must not hear, and
+refute, gossip about its own departure) -> stop the chunk fetcher and server (no more
+fetch results) -> stop the actors (no more sends or timers) -> mDNS goodbye and close ->
+stop the timer thread -> close the socket.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -49,19 +57,18 @@ from actors.core import (
     ActorName,
     Address,
     CancelTimer,
+    ChunkFetchFailed,
     Command,
     CountMetric,
-    DhcpPacketReceived,
     Event,
-    LeadershipChanged,
+    FetchChunk,
+    FetchManifest,
     Log,
     LogLevel,
-    MemberChanged,
+    ManifestFetchFailed,
     MemberInfo,
-    MessageReceived,
     NodeId,
-    PeerDiscovered,
-    PeerLost,
+    SeedOffered,
     SendDhcpReply,
     SendFailed,
     SendMessage,
@@ -71,24 +78,21 @@ from actors.core import (
 )
 from actors.discovery import Discovery
 from actors.election import Election
+from actors.envelope import WireSecurity
 from actors.messages import Message
+from transport.chunk_fetcher import ChunkFetcher
+from transport.chunk_service import DEFAULT_KNOBS, ChunkServer, ChunkServiceKnobs, chunk_sender_id
 from transport.clock import Clock, MonotonicClock
 from transport.metrics import SharedCounters
+from transport.shared_store import SharedStore
 from transport.timers import Teller, TimerFire, TimerThread
 from transport.udp import UdpEndpoint
 
 _LOG = logging.getLogger(__name__)
 
-EVENT_TYPES: Final = (
-    MessageReceived,
-    TimerFired,
-    PeerDiscovered,
-    PeerLost,
-    SendFailed,
-    MemberChanged,
-    LeadershipChanged,
-    DhcpPacketReceived,
-)
+EVENT_TYPES: Final[tuple[type, ...]] = typing.get_args(Event)
+"""Every event an actor may be told (its host, siblings, adapters or chunk fetcher)."""
+NO_FETCHER: Final = "no_fetcher"
 _LOG_LEVELS: Final = {
     LogLevel.DEBUG: logging.DEBUG,
     LogLevel.INFO: logging.INFO,
@@ -103,6 +107,18 @@ class MessageSender(Protocol):
 
     def send(self, address: Address, message: Message) -> None:
         """Seal and send `message` to `address`."""
+        ...
+
+
+class ChunkFetcherLike(Protocol):
+    """What the host needs to carry out `FetchChunk`: queue it, never block or raise."""
+
+    def fetch(self, command: FetchChunk) -> None:
+        """Carry out `command` later; its outcome is told to the replication actor."""
+        ...
+
+    def fetch_manifest(self, command: FetchManifest) -> None:
+        """Carry out `command` later; its outcome is told to the replication actor."""
         ...
 
 
@@ -139,6 +155,7 @@ class HostServices:
     counters: SharedCounters
     siblings: dict[ActorName, Teller] = field(default_factory=dict)
     dhcp: DhcpSender | None = None
+    chunks: ChunkFetcherLike | None = None
 
 
 class LogicActor(pykka.ThreadingActor):
@@ -172,7 +189,7 @@ class LogicActor(pykka.ThreadingActor):
         now_s = self._services.clock.now_s()
         if isinstance(message, TimerFire):
             self._on_timer_fire(message, now_s)
-        elif isinstance(message, EVENT_TYPES):
+        elif _is_event(message):
             self._execute(self.logic.handle(message, now_s))
         elif isinstance(message, Invoke):
             self._execute(message.function(self.logic, now_s))
@@ -212,6 +229,10 @@ class LogicActor(pykka.ThreadingActor):
                 self._services.counters.add(name, amount)
             case SendDhcpReply():
                 self._send_dhcp(command)
+            case FetchChunk():
+                self._fetch_chunk(command)
+            case FetchManifest():
+                self._fetch_manifest(command)
 
     def _send(self, address: Address, message: Message) -> None:
         try:
@@ -226,6 +247,22 @@ class LogicActor(pykka.ThreadingActor):
             self._services.counters.add("dhcp.no_sender")
             return
         sender.send_reply(command)
+
+    def _fetch_chunk(self, command: FetchChunk) -> None:
+        fetcher = self._services.chunks
+        if fetcher is None:
+            self._services.counters.add("chunks.no_fetcher")
+            self.actor_ref.tell(ChunkFetchFailed(command, NO_FETCHER))
+            return
+        fetcher.fetch(command)
+
+    def _fetch_manifest(self, command: FetchManifest) -> None:
+        fetcher = self._services.chunks
+        if fetcher is None:
+            self._services.counters.add("chunks.no_fetcher")
+            self.actor_ref.tell(ManifestFetchFailed(command, NO_FETCHER))
+            return
+        fetcher.fetch_manifest(command)
 
     def _tell_sibling(self, target: ActorName, event: Event) -> None:
         sibling = self._services.siblings.get(target)
@@ -247,6 +284,10 @@ class LogicActor(pykka.ThreadingActor):
             self._services.node_id,
             extra={"peerpxe_fields": dict(command.fields), "node_id": self._services.node_id},
         )
+
+
+def _is_event(message: object) -> typing.TypeGuard[Event]:
+    return isinstance(message, EVENT_TYPES)
 
 
 def _log_value(value: str | int | float) -> str:
@@ -301,6 +342,8 @@ class Peer:
         )
         self._refs: dict[ActorName, Any] = {}
         self._mdns: Any = None
+        self.chunk_server: ChunkServer | None = None
+        self.chunk_fetcher: ChunkFetcher | None = None
         self._started = False
         self._stopped = False
 
@@ -340,6 +383,46 @@ class Peer:
         """Carry out `SendDhcpReply` commands with `sender` from now on (None: count, drop)."""
         self._services.dhcp = sender
 
+    def attach_chunks(
+        self, store: SharedStore, *, serve: bool = True, knobs: ChunkServiceKnobs = DEFAULT_KNOBS
+    ) -> None:
+        """Carry out `FetchChunk` into `store` and (with `serve`) serve its chunks over TCP.
+
+        The server listens on the TCP port with the number of the UDP endpoint's port
+        (`FetchChunk.source` is a peer's message address); `OSError` if it is taken. Both
+        seal and open with `chunk_sender_id(node_id)`, never the UDP endpoint's identity
+        (`transport.chunk_service`). Fetch results and inventory changes go to the
+        replication actor. Call once, before or after `start`.
+        """
+        assert self.chunk_fetcher is None, "chunks are attached once"
+        settings = self.settings
+        identity = chunk_sender_id(settings.node_id)
+        if serve:
+            opener = WireSecurity(identity, settings.cluster_key, settings.epoch)
+            server = ChunkServer(
+                self.address,
+                store,
+                opener,
+                counters=self.counters,
+                knobs=knobs,
+                on_seed=lambda source: self._tell_replication(SeedOffered(source)),
+            )
+            server.start()
+            self.chunk_server = server
+        sealer = WireSecurity(identity, settings.cluster_key, settings.epoch)
+        fetcher = ChunkFetcher(
+            sealer,
+            store,
+            self._tell_replication,
+            counters=self.counters,
+            knobs=knobs,
+            name=settings.node_id,
+        )
+        fetcher.start()
+        self.chunk_fetcher = fetcher
+        store.set_listener(self._tell_replication)
+        self._services.chunks = fetcher
+
     def resign(self) -> None:
         """Run `Election.resign` (hand over leadership at once) and wait until it is sent."""
         self.invoke(ActorName.ELECTION, _election_resign)
@@ -366,12 +449,31 @@ class Peer:
         if self._mdns is not None:
             self._mdns.stop_browsing()
         self.endpoint.stop()
+        self._stop_chunks()
         for ref in reversed(list(self._refs.values())):
             ref.stop()
         if self._mdns is not None:
             self._mdns.close()
         self.timers.stop()
         self.endpoint.close()
+
+    def _stop_chunks(self) -> None:
+        self._services.chunks = None
+        if self.chunk_fetcher is not None:
+            self.chunk_fetcher.stop()
+        if self.chunk_server is not None:
+            self.chunk_server.stop()
+
+    def _tell_replication(self, event: Event) -> None:
+        """Deliver `event` to the replication actor from any thread (pykka `tell`)."""
+        ref = self._refs.get(ActorName.REPLICATION)
+        if ref is None:
+            self.counters.add("tell.unhosted.replication")
+            return
+        try:
+            ref.tell(event)
+        except pykka.ActorDeadError:
+            self.counters.add("tell.dead.replication")
 
     def _start_mdns(self, advertise: MemberInfo, interfaces: tuple[str, ...]) -> None:
         from transport.zeroconf_adapter import ZeroconfAdapter  # noqa: PLC0415 - optional

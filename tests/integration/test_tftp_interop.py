@@ -480,6 +480,8 @@ def test_repeated_request_is_the_same_transfer(tree: Tree, served: Served, raw: 
     request = ReadRequest("size513.bin", "octet", (("blksize", "512"),))
     raw.request(request)
     raw.request(request)
+    # Both RRQs are handled before the first ACK: the transfer is still waiting for it.
+    wait_for(lambda: served.counters.get("tftp.requests") == 2)
     oack, tid = raw.receive()
     assert raw.fetch(tid, oack) == tree.files["size513.bin"]
     wait_for(lambda: served.counters.get("tftp.transfers.completed") == 1)

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
 from actors.core import (
+    ActorName,
     Address,
+    CapabilitiesChanged,
+    Command,
     CountMetric,
+    EligibilityChanged,
+    Event,
+    MemberChanged,
     MemberInfo,
     MemberState,
     MessageReceived,
     PeerDiscovered,
     SendMessage,
     StartTimer,
+    Tell,
     TimerFired,
 )
-from actors.discovery import Discovery, DiscoveryKnobs
+from actors.discovery import MEMBER_LISTENERS, Discovery, DiscoveryKnobs
+from actors.election import RESPONDER_CAPABILITY, Election
 from actors.gossip import BroadcastQueue, retransmit_limit, suspicion_timeout_s
 from actors.messages import Ack, Gossip, MemberUpdate, Ping
 from tests.unit.cluster import Cluster
@@ -275,3 +284,129 @@ def _info(node_id: str, site: str = "s1") -> MemberInfo:
     return MemberInfo(
         node_id=node_id, site=site, subnet="10.0.0.0/24", address=Address(f"h-{node_id}", 7946)
     )
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+def _capabilities_seen(cluster: Cluster, node_id: str) -> dict[str, tuple[str, ...]]:
+    """What every other live peer's member table says `node_id` advertises."""
+    seen: dict[str, tuple[str, ...]] = {}
+    for name, node in sorted(cluster.nodes.items()):
+        if name == node_id or not node.up:
+            continue
+        for view in node.actor.members():
+            if view.member.node_id == node_id:
+                seen[name] = view.member.capabilities
+    return seen
+
+
+def test_new_capabilities_are_gossiped_under_a_higher_incarnation() -> None:
+    """`CapabilitiesChanged` raises our incarnation; every peer takes the new record and tells
+    its actors (`MemberChanged`, still ALIVE) although the state did not change."""
+    cluster = _seeded_cluster(8)
+    node = cluster.nodes["n03"]
+    before = node.actor.incarnation
+    cluster.inject("n03", CapabilitiesChanged(("responder",)))
+    assert node.actor.incarnation == before + 1
+    assert node.actor.self_info.capabilities == ("responder",)
+    for other in cluster.nodes.values():
+        other.told.clear()
+    cluster.run_until(cluster.now_s + 40.0)  # gossip, and push-pull for any it missed
+    assert set(_capabilities_seen(cluster, "n03").values()) == {("responder",)}
+    for name, other in cluster.nodes.items():
+        if name == "n03":
+            continue
+        news = [c for c in other.told if c.member.node_id == "n03"]
+        assert len(news) == len(MEMBER_LISTENERS), name  # one announcement, to each actor
+        assert {(c.state, c.member.capabilities, c.incarnation) for c in news} == {
+            (MemberState.ALIVE, ("responder",), before + 1)
+        }, name
+
+
+def test_unchanged_capabilities_change_nothing() -> None:
+    """The same capabilities again: no new incarnation, nothing gossiped."""
+    discovery = Discovery(_info("a"), random.Random(1))
+    discovery.start(0.0)
+    assert discovery.handle(CapabilitiesChanged(()), 1.0) == []
+    assert discovery.incarnation == 0
+    first = discovery.handle(CapabilitiesChanged(("responder",)), 1.0)
+    assert CountMetric("discovery.capabilities_changed") in first
+    assert discovery.handle(CapabilitiesChanged(("responder",)), 2.0) == []
+    assert discovery.incarnation == 1
+
+
+def test_a_leaving_peer_advertises_nothing_new() -> None:
+    """After `leave()` our LEFT record must stand: new capabilities are not gossiped."""
+    discovery = Discovery(_info("a"), random.Random(1))
+    discovery.start(0.0)
+    discovery.leave(1.0)
+    assert discovery.handle(CapabilitiesChanged(("responder",)), 2.0) == []
+    assert discovery.incarnation == 0
+
+
+def test_a_record_changed_by_incarnation_alone_is_not_announced_again() -> None:
+    """A record that supersedes by incarnation alone (a refutation) announces nothing."""
+    discovery = Discovery(_info("a"), random.Random(1))
+    discovery.start(0.0)
+    update = MemberUpdate(
+        node_id="b", incarnation=0, state="alive", site="s1", subnet="10.0.0.0/24",
+        host="h-b", port=7946,
+    )  # fmt: skip
+    address = Address("h-b", 7946)
+    added = discovery.handle(MessageReceived("b", address, Gossip(updates=(update,))), 1.0)
+    assert any(isinstance(c, Tell) for c in added)
+    refuted = replace(update, incarnation=1)
+    again = discovery.handle(MessageReceived("b", address, Gossip(updates=(refuted,))), 2.0)
+    assert not any(isinstance(c, Tell) for c in again)
+    changed = replace(update, incarnation=2, capabilities=("x",))
+    told = discovery.handle(MessageReceived("b", address, Gossip(updates=(changed,))), 3.0)
+    news = [c.event for c in told if isinstance(c, Tell)]
+    assert news
+    assert all(isinstance(e, MemberChanged) and e.member.capabilities == ("x",) for e in news)
+
+
+def test_election_tells_discovery_when_a_capability_comes_or_goes() -> None:
+    """Eligibility for `responder` adds it to what discovery advertises, once; losing it
+    removes it; a weight-0 peer still advertises what it holds (it just never leads)."""
+    info = replace(_info("a"), weight=50, capabilities=("downloader",))
+    election = Election(info, random.Random(1))
+    election.start(0.0)
+    told = _told_discovery(election.handle(EligibilityChanged(RESPONDER_CAPABILITY, True), 1.0))
+    assert told == [CapabilitiesChanged(("downloader", RESPONDER_CAPABILITY))]
+    assert (
+        _told_discovery(election.handle(EligibilityChanged(RESPONDER_CAPABILITY, True), 2.0)) == []
+    )
+    told = _told_discovery(election.handle(EligibilityChanged(RESPONDER_CAPABILITY, False), 3.0))
+    assert told == [CapabilitiesChanged(("downloader",))]
+    never = Election(replace(_info("z"), weight=0), random.Random(1))
+    told = _told_discovery(never.handle(EligibilityChanged(RESPONDER_CAPABILITY, True), 1.0))
+    assert told == [CapabilitiesChanged((RESPONDER_CAPABILITY,))]
+    assert never.responder.eligible is False
+
+
+def test_a_peer_that_becomes_eligible_becomes_a_candidate_elsewhere() -> None:
+    """Election -> discovery -> gossip -> the other peers' discovery -> their elections: the
+    newly eligible peer is a responder candidate everywhere."""
+    cluster = _seeded_cluster(5)
+    elections = {
+        name: Election(node.actor.self_info, random.Random(name))
+        for name, node in cluster.nodes.items()
+    }
+    for name, node in cluster.nodes.items():
+        for change in node.told:
+            elections[name].handle(change, cluster.now_s)
+        node.told.clear()
+    commands = elections["n02"].handle(EligibilityChanged(RESPONDER_CAPABILITY, True), 10.0)
+    for event in _told_discovery(commands):
+        cluster.inject("n02", event)
+    cluster.run_until(cluster.now_s + 40.0)
+    for name, node in cluster.nodes.items():
+        for change in node.told:
+            elections[name].handle(change, cluster.now_s)
+        if name != "n02":
+            assert "n02" in elections[name].responder.candidates, name
+
+
+def _told_discovery(commands: list[Command]) -> list[Event]:
+    return [c.event for c in commands if isinstance(c, Tell) and c.target is ActorName.DISCOVERY]

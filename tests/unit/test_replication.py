@@ -39,14 +39,18 @@ from actors.core import (
     EligibilityChanged,
     Event,
     FetchChunk,
+    FetchManifest,
     LeadershipChanged,
     Log,
     ManifestAccepted,
+    ManifestFetched,
+    ManifestFetchFailed,
     MemberChanged,
     MemberInfo,
     MemberState,
     MessageReceived,
     PackageComplete,
+    SeedOffered,
     SendMessage,
     StartTimer,
     Tell,
@@ -1228,3 +1232,104 @@ def test_a_downloader_that_dies_after_spreading_everything_costs_no_more_wan() -
     assert lab.all_complete()
     assert lab.wan_bytes() == LAB_MANIFEST.total_bytes
     assert [s for s in lab.wan_starts if s.node_id == "n03"] == []
+
+
+# --------------------------------------------------------------------------- manifests spreading
+
+
+NEWER = replace(make_manifest((4,)), version=(1, 3))
+
+
+def manifest_fetches_in(commands: Iterable[Command]) -> list[FetchManifest]:
+    return [command for command in commands if isinstance(command, FetchManifest)]
+
+
+def test_a_have_for_a_newer_package_fetches_its_manifest_from_that_peer_once() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    (have,) = have_messages(NEWER, range(4), complete=True)
+    first = solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    assert manifest_fetches_in(first) == [FetchManifest(peer.address, NEWER.package_id)]
+    again = solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    assert manifest_fetches_in(again) == []  # one in flight per source
+
+
+def test_a_peer_without_a_target_fetches_the_manifest_it_hears_of() -> None:
+    actor = Replication(member(1, "me"), random.Random(1), DEFAULT_KNOBS, (ORIGIN,))
+    actor.start(0.0)
+    peer = member(2)
+    (have,) = have_messages(NEWER, range(4), complete=True)
+    commands = actor.handle(MessageReceived(peer.node_id, peer.address, have), 1.0)
+    assert manifest_fetches_in(commands) == [FetchManifest(peer.address, NEWER.package_id)]
+    assert metrics_in(commands)["replication.dropped.have_no_target"] == 1
+
+
+def test_a_peer_behind_gets_our_have_so_that_it_asks_us() -> None:
+    solo = Solo(NEWER, held=range(4))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    solo.now_s = 5.0
+    (old,) = have_messages(make_manifest((4,)), range(4), complete=True)
+    commands = solo.feed(MessageReceived(peer.node_id, peer.address, old))
+    assert manifest_fetches_in(commands) == []
+    sent = [c.message for c in commands if isinstance(c, SendMessage) and c.address == peer.address]
+    assert sent
+    assert all(isinstance(m, Have) and m.package_id == NEWER.package_id for m in sent)
+
+
+def test_only_the_downloader_polls_wan_sources_round_robin() -> None:
+    second = Address("hq2.example", 7946)
+    solo = Solo(make_manifest((4,)), wan_sources=(ORIGIN, second))
+    assert manifest_fetches_in(solo.advance(DEFAULT_KNOBS.manifest_poll_s * 3)) == []
+    elected = solo.feed(leading("me"))
+    (first,) = manifest_fetches_in(elected)
+    assert first == FetchManifest(ORIGIN, wan=True)
+    solo.feed(ManifestFetched(first, solo.manifest.package_id))
+    polled = manifest_fetches_in(solo.advance(solo.now_s + DEFAULT_KNOBS.manifest_poll_s))
+    assert polled == [FetchManifest(second, wan=True)]
+
+
+def test_a_refused_manifest_is_logged_with_its_reason_and_not_retried_for_a_while() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    (have,) = have_messages(NEWER, range(4), complete=True)
+    (fetch,) = manifest_fetches_in(solo.feed(MessageReceived(peer.node_id, peer.address, have)))
+    refused = solo.feed(ManifestFetchFailed(fetch, "bad_signature", refused=True))
+    assert metrics_in(refused)["replication.manifests_refused.bad_signature"] == 1
+    assert any(isinstance(c, Log) and "bad_signature" in c.text for c in refused)
+    solo.now_s += DEFAULT_KNOBS.manifest_retry_s / 2
+    soon = solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    assert manifest_fetches_in(soon) == []
+    solo.now_s += DEFAULT_KNOBS.manifest_retry_s
+    later = solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    assert manifest_fetches_in(later) == [fetch]
+
+
+def test_a_manifest_fetch_that_times_out_frees_its_source() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    (have,) = have_messages(NEWER, range(4), complete=True)
+    solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    timed_out = solo.advance(solo.now_s + DEFAULT_KNOBS.manifest_fetch_timeout_s)
+    assert metrics_in(timed_out)["replication.manifest_fetch_timeouts"] == 1
+    retry = solo.feed(MessageReceived(peer.node_id, peer.address, have))
+    assert manifest_fetches_in(retry) == [FetchManifest(peer.address, NEWER.package_id)]
+
+
+def test_a_publishers_seed_feeds_a_non_downloader_over_the_lan_never_the_wan() -> None:
+    """`SeedOffered`: the seed's manifest, then every chunk from the seed, LAN fetches."""
+    solo = Solo(make_manifest((4,)))
+    seed = Address("192.0.2.50", 40000)
+    offered = solo.feed(SeedOffered(seed))
+    (fetch,) = manifest_fetches_in(offered)
+    assert fetch == FetchManifest(seed, seed=True)
+    solo.feed(ManifestAccepted(NEWER))
+    solo.feed(ChunksHeld(NEWER.package_id, Bitfield(NEWER.chunk_count).to_bytes()))
+    fetched = solo.feed(ManifestFetched(fetch, NEWER.package_id))
+    chunks = fetches_in(fetched)
+    assert chunks
+    assert all(c.source == seed and not c.wan for c in chunks)
+    assert all(c.package_id == NEWER.package_id for c in chunks)
