@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from peerpxe.config import AgentConfig
     from transport.boot_server import BootServer, BootSettings
     from transport.host import Peer
+    from transport.shared_store import SharedStore
 
 HELP = "run the peerpxe agent in the foreground (membership via mDNS and seeds)"
 
@@ -128,6 +129,9 @@ class Agent:
         self.responder_problems = responder_problems(config)
         self.peer: Peer | None = None
         self.boot_server: BootServer | None = None
+        self.store: SharedStore | None = None
+        self.served_package = ""
+        """The package whose verified tree the boot servers serve ("" : `boot.root`)."""
         self._stop = threading.Event()
         self._states: dict[str, str] = {}
 
@@ -156,6 +160,9 @@ class Agent:
 
     def start(self) -> Peer:
         """Start the peer and its actors, then the boot servers; stop all on failure."""
+        if self.config.replication.enabled:
+            self.store = self._open_store()
+            self.responder_problems = self._package_problems()
         self._log_eligibility()
         peer = self._start_peer()
         self.peer = peer
@@ -191,6 +198,31 @@ class Agent:
         except (pykka.ActorDeadError, pykka.Timeout) as error:
             _LOG.warning("resignation not sent: %r", error)
 
+    def _open_store(self) -> SharedStore:
+        """The content store of `[replication]` (raises `OSError`/`ContentStoreError`)."""
+        from transport.content_store import ContentStore
+        from transport.shared_store import SharedStore
+
+        replication = self.config.replication
+        assert replication.store is not None
+        replication.store.mkdir(parents=True, exist_ok=True)
+        store = ContentStore(replication.store, replication.quota_bytes, replication.publisher_key)
+        return SharedStore(store)
+
+    def _package_problems(self) -> list[str]:
+        """Why the store's package cannot be served (empty: it can), with replication."""
+        from peerpxe.config import responder_problems
+
+        problems = responder_problems(self.config)
+        if problems or self.store is None:
+            return problems
+        manifest = self.store.current()
+        if manifest is None:
+            return ["no verified boot package yet (replication)"]
+        if not any(manifest.boot_files.get(key) for key in ("bios", "efi64", "arm64")):
+            return [f"package {manifest.package_id} names no bios, efi64 or arm64 boot file"]
+        return []
+
     def _log_eligibility(self) -> None:
         if self.responder_eligible:
             _LOG.info("responder-eligible: boot files present under %s", self.config.boot.root)
@@ -201,7 +233,8 @@ class Agent:
         from actors.boot.actor import Boot, BootKnobs
         from actors.core import Address
         from actors.discovery import Discovery
-        from actors.election import Election
+        from actors.election import DOWNLOADER_CAPABILITY, RESPONDER_CAPABILITY, Election
+        from actors.replication import Replication
         from transport.boot_server import boot_policy
         from transport.host import Peer, PeerSettings
 
@@ -217,7 +250,8 @@ class Agent:
         self_info = self._member_info(peer.address)
         # The one place real randomness enters: every logic object gets its own seeded Random.
         seed = os.urandom(16).hex()
-        rngs = {name: _rng(f"{seed}:{config.node_id}:{name}") for name in ("discovery", "election")}
+        names = ("discovery", "election", "replication")
+        rngs = {name: _rng(f"{seed}:{config.node_id}:{name}") for name in names}
         # One seed list usually serves every machine: do not seed ourselves.
         seeds = tuple(seed for seed in config.seeds if seed != peer.address)
         discovery = Discovery(self_info, rngs["discovery"], config.knobs, seeds)
@@ -226,6 +260,8 @@ class Agent:
             rngs["election"],
             config.election,
             responder_eligible=self.responder_eligible,
+            downloader_eligible=DOWNLOADER_CAPABILITY in self_info.capabilities,
+            never=() if config.boot.enabled else (RESPONDER_CAPABILITY,),
         )
         boot_knobs = BootKnobs(
             answer_retries_as_standby=config.boot.answer_retries_as_standby,
@@ -233,8 +269,18 @@ class Agent:
         )
         policy = boot_policy(self._boot_settings())
         boot = Boot(self_info, policy, self._boot_settings().server, boot_knobs)
+        actors: list[Any] = [discovery, election, boot]
+        if self.store is not None:
+            replication = config.replication
+            actors.append(
+                Replication(
+                    self_info, rngs["replication"], replication.knobs, replication.wan_sources
+                )
+            )
         try:
-            peer.start([discovery, election, boot], advertise=self_info)
+            peer.start(actors, advertise=self_info)
+            if self.store is not None:
+                self._attach_store(peer, self.store)
         except BaseException:
             peer.stop()
             raise
@@ -253,15 +299,33 @@ class Agent:
         )
         return peer
 
+    def _attach_store(self, peer: Peer, store: SharedStore) -> None:
+        """Serve and fetch chunks, and tell the replication actor what the store holds."""
+        from actors.core import ActorName
+
+        peer.attach_chunks(store)
+        for event in store.announce():
+            peer.tell(ActorName.REPLICATION, event)
+        current = store.current()
+        _LOG.info(
+            "replication: store=%s package=%s wan_sources=%d",
+            self.config.replication.store,
+            current.package_id if current is not None else "none",
+            len(self.config.replication.wan_sources),
+        )
+
     def _member_info(self, address: Any) -> MemberInfo:
         from actors.core import MemberInfo
-        from actors.election import RESPONDER_CAPABILITY
+        from actors.election import DOWNLOADER_CAPABILITY, RESPONDER_CAPABILITY
 
         config = self.config
         # "responder" is a claim others act on: it comes from eligibility, never from tags.
-        capabilities = tuple(c for c in config.capabilities if c != RESPONDER_CAPABILITY)
+        claims = (RESPONDER_CAPABILITY, DOWNLOADER_CAPABILITY)
+        capabilities = tuple(c for c in config.capabilities if c not in claims)
         if self.responder_eligible:
             capabilities += (RESPONDER_CAPABILITY,)
+        if config.replication.enabled and config.weight > 0:
+            capabilities += (DOWNLOADER_CAPABILITY,)
         return MemberInfo(
             node_id=config.node_id,
             site=config.site,
@@ -277,15 +341,20 @@ class Agent:
         from transport.boot_server import BootSettings
 
         boot = self.config.boot
+        root, files, ipxe_script = boot.root or Path(), boot.files, boot.ipxe_script
+        manifest = self.store.current() if self.store is not None else None
+        served_root = self.store.served_root() if self.store is not None else None
+        if manifest is not None and served_root is not None:
+            root, files, ipxe_script = served_root, manifest.boot_files, manifest.ipxe_script
         settings = BootSettings(
-            root=boot.root or Path(),
+            root=root,
             server=boot.server,
             bind=boot.server,
             dhcp_interface=boot.interface if self.responder_eligible else None,
-            bios_file=boot.files.get("bios"),
-            efi64_file=boot.files.get("efi64"),
-            arm64_file=boot.files.get("arm64"),
-            ipxe_script=boot.ipxe_script,
+            bios_file=files.get("bios"),
+            efi64_file=files.get("efi64"),
+            arm64_file=files.get("arm64"),
+            ipxe_script=ipxe_script,
             http_port=boot.http_port,
             tftp_port=boot.tftp_port,
         )
@@ -298,7 +367,14 @@ class Agent:
         from transport.boot_server import build_boot_server
         from transport.dhcp_socket import ProxyDhcpServer
 
-        if not self.config.boot.enabled or missing_boot_files(self.config.boot):
+        if not self.config.boot.enabled:
+            return None
+        if self.store is not None:
+            current = self.store.current()
+            if current is None or self.responder_problems:
+                return None
+            self.served_package = current.package_id
+        elif missing_boot_files(self.config.boot):
             return None
         server = build_boot_server(
             self._boot_settings(), peer.counters, on_dhcp_packet=_teller_to_boot(peer)
@@ -320,8 +396,11 @@ class Agent:
     def _report_until_stopped(self, peer: Peer) -> int:
         from actors.core import ActorName
 
+        names = [ActorName.DISCOVERY, ActorName.ELECTION, ActorName.BOOT]
+        if self.store is not None:
+            names.append(ActorName.REPLICATION)
         while True:
-            for name in (ActorName.DISCOVERY, ActorName.ELECTION, ActorName.BOOT):
+            for name in names:
                 if not peer.is_hosting(name):
                     _LOG.error("the %s actor stopped; exiting", name.value)
                     return EXIT_RUNTIME_ERROR
@@ -333,7 +412,37 @@ class Agent:
         """Log membership changes and rewrite the status file (one status interval's work)."""
         members = _members(peer)
         self._log_changes(members)
+        self._follow_package(peer)
         self._write_status(peer, members, running=True)
+
+    def _follow_package(self, peer: Peer) -> None:
+        """Serve the store's newest verified package once it is complete (and each later one):
+        the boot servers restart on its tree; the election already heard of it."""
+        if self.store is None or not self.config.boot.enabled:
+            return
+        current = self.store.current()
+        if current is None or current.package_id == self.served_package:
+            return
+        self.responder_problems = self._package_problems()
+        if self.responder_problems:
+            _LOG.warning(
+                "cannot serve %s: %s", current.package_id, "; ".join(self.responder_problems)
+            )
+            self.served_package = current.package_id
+            return
+        old = self.boot_server
+        self.boot_server = None
+        if old is not None:
+            old.stop()
+        try:
+            self.boot_server = self._start_boot_server(peer)
+        except OSError as error:
+            _LOG.error("cannot serve package %s: %s", current.package_id, error)
+            self.served_package = current.package_id
+            return
+        _LOG.info(
+            "serving verified package %s from %s", current.package_id, self.store.served_root()
+        )
 
     def _log_changes(self, members: list[MemberView]) -> None:
         for view in members:
@@ -357,6 +466,8 @@ class Agent:
             return
         status = status_document(self.config, peer, members, running=running, epoch=self.epoch)
         status["responder"] = responder_status(peer, eligible=self.responder_eligible)
+        if self.store is not None:
+            status["replication"] = replication_status(peer, self.store, self.served_package)
         try:
             write_atomically(self.status_file, json.dumps(status, indent=2, sort_keys=True))
         except OSError as error:
@@ -411,6 +522,29 @@ def responder_status(peer: Peer, *, eligible: bool) -> dict[str, Any]:
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
     return {**document, "eligible": eligible}
+
+
+def replication_status(peer: Peer, store: SharedStore, served: str) -> dict[str, Any]:
+    """The replication actor's progress and role, and what the store holds and serves."""
+    import pykka
+
+    from actors.core import ActorName
+
+    def progress(logic: Any) -> dict[str, Any]:
+        held, total = logic.progress()
+        target = logic.target_package()
+        return {"target": target, "held": held, "total": total, "downloader": logic.downloader}
+
+    document: dict[str, Any] = {"target": "", "held": 0, "total": 0, "downloader": False}
+    if peer.is_hosting(ActorName.REPLICATION):
+        try:
+            found: Any = peer.inspect(ActorName.REPLICATION, progress)
+            document = found
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass
+    current = store.current()
+    complete = "" if current is None else current.package_id
+    return {**document, "complete": complete, "served": served}
 
 
 def _members(peer: Peer) -> list[MemberView]:

@@ -55,6 +55,11 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
 
         return policy_command
 
+    def publish() -> Subcommand:
+        from peerpxe import publish_command
+
+        return publish_command
+
     def sweep() -> Subcommand:
         from peerpxe import sweep_command
 
@@ -68,6 +73,7 @@ def _subcommands() -> dict[str, Callable[[], Subcommand]]:
         "keygen": keygen,
         "package": package,
         "policy": policy,
+        "publish": publish,
         "sweep": sweep,
     }
 

@@ -39,6 +39,8 @@ from actors.core import NODE_ID_BYTES_MAX, Address
 from actors.discovery import DiscoveryKnobs
 from actors.election import ElectionKnobs
 from actors.envelope import CLUSTER_KEY_BYTES_MIN
+from actors.replication import ReplicationKnobs
+from actors.signing import PUBLIC_KEY_BYTES
 
 DEFAULT_PORT: Final = 7947
 """UDP port of the peer endpoint: next to memberlist/Serf/Consul's 7946, without clashing."""
@@ -48,7 +50,17 @@ _DISCOVERY_KEYS: Final = ("seeds", "mdns")
 BOOT_FILE_KEYS: Final = ("bios", "efi64", "arm64")
 
 
-_Knobs = typing.TypeVar("_Knobs", DiscoveryKnobs, ElectionKnobs)
+_Knobs = typing.TypeVar("_Knobs", DiscoveryKnobs, ElectionKnobs, ReplicationKnobs)
+MIB: Final = 1 << 20
+MBIT_BYTES: Final = 1_000_000 / 8
+_REPLICATION_KEYS: Final = (
+    "enabled",
+    "store",
+    "publisher_key_file",
+    "quota_mib",
+    "wan_sources",
+    "wan_cap_mbit_s",
+)
 
 
 class ConfigError(Exception):
@@ -84,6 +96,23 @@ class BootConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """The `[replication]` section: the content store, the publisher's key, WAN sources.
+
+    When enabled, the boot package comes from the store (`peerpxe publish` and peers), not
+    from `boot.root`: the agent serves the current verified package's tree and is
+    responder-eligible only while it holds one with a boot file.
+    """
+
+    enabled: bool = False
+    store: Path | None = None
+    publisher_key: bytes = b""
+    quota_bytes: int = 4096 * MIB
+    wan_sources: tuple[Address, ...] = ()
+    knobs: ReplicationKnobs = field(default_factory=ReplicationKnobs)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """A validated agent configuration with every default filled in."""
 
@@ -105,6 +134,7 @@ class AgentConfig:
     warnings: tuple[str, ...] = ()
     election: ElectionKnobs = field(default_factory=ElectionKnobs)
     boot: BootConfig = field(default_factory=BootConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
 
 def responder_problems(config: AgentConfig) -> list[str]:
@@ -117,6 +147,8 @@ def responder_problems(config: AgentConfig) -> list[str]:
     if not config.boot.enabled:
         return ["boot.enabled is false"]
     problems = [] if config.weight > 0 else ["agent.weight is 0 (never responder)"]
+    if config.replication.enabled:
+        return problems  # the store's verified package decides, once it is complete
     return problems + missing_boot_files(config.boot)
 
 
@@ -260,6 +292,11 @@ def _seed(value: Any) -> Address:
     return Address(host, int(port_text))
 
 
+def parse_address(text: str) -> Address:
+    """`"host:port"` as an `Address`; `ValueError` with the reason otherwise."""
+    return _seed(text)
+
+
 def _log_level(value: Any) -> str:
     if value not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {_got(value)}")
@@ -318,12 +355,22 @@ _BOOT_CHECKS: Final[dict[str, Check]] = {
     "spread_file_servers": _boolean,
 }
 _LOG_CHECKS: Final[dict[str, Check]] = {"level": _log_level}
+_REPLICATION_CHECKS: Final[dict[str, Check]] = {
+    "enabled": _boolean,
+    "store": _string,
+    "publisher_key_file": _string,
+    "quota_mib": _integer_in(1, 100_000_000),
+    "wan_sources": _string_list(_seed),
+    "wan_cap_mbit_s": _positive_number,
+    **_knob_checks(ReplicationKnobs),
+}
 SCHEMA: Final[dict[str, dict[str, Check]]] = {
     "agent": _AGENT_CHECKS,
     "security": _SECURITY_CHECKS,
     "discovery": _DISCOVERY_CHECKS,
     "election": _ELECTION_CHECKS,
     "boot": _BOOT_CHECKS,
+    "replication": _REPLICATION_CHECKS,
     "log": _LOG_CHECKS,
 }
 """Every section and key `agent.toml` accepts."""
@@ -362,7 +409,8 @@ class _Loader:
             log_level=values["log"].get("level", "info"),
             warnings=tuple(self.warnings),
             election=self._knobs("election", ElectionKnobs, values["election"]),
-            boot=self._boot(values["boot"], interface, address),
+            boot=self._boot(values["boot"], interface, address, values["replication"]),
+            replication=self._replication(values["replication"]),
         )
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -440,6 +488,48 @@ class _Loader:
             )
         return key_file, key
 
+    def _replication(self, replication: dict[str, Any]) -> ReplicationConfig:
+        if not replication.get("enabled", False):
+            return ReplicationConfig()
+        store = self._required_path(replication, "store", "the content store's directory")
+        key_path = self._required_path(
+            replication, "publisher_key_file", "the publisher's public key (publisher.pub)"
+        )
+        knob_values = {k: v for k, v in replication.items() if k not in _REPLICATION_KEYS}
+        if "wan_cap_mbit_s" in replication:
+            if "wan_bytes_per_s" in knob_values:
+                raise self.error(
+                    "replication.wan_cap_mbit_s", "give wan_cap_mbit_s or wan_bytes_per_s, not both"
+                )
+            knob_values["wan_bytes_per_s"] = replication["wan_cap_mbit_s"] * MBIT_BYTES
+        return ReplicationConfig(
+            enabled=True,
+            store=store,
+            publisher_key=self._publisher_key(key_path),
+            quota_bytes=replication.get("quota_mib", 4096) * MIB,
+            wan_sources=replication.get("wan_sources", ()),
+            knobs=self._knobs("replication", ReplicationKnobs, knob_values),
+        )
+
+    def _required_path(self, table: dict[str, Any], key: str, what: str) -> Path:
+        if key not in table:
+            raise self.error("replication.enabled", f"replication.{key} is required ({what})")
+        return self.path.parent / Path(table[key]).expanduser()
+
+    def _publisher_key(self, path: Path) -> bytes:
+        name = "replication.publisher_key_file"
+        try:
+            key = parse_key(path.read_bytes())
+        except OSError as error:
+            raise self.error(name, f"cannot read {path}: {_reason(error)}") from None
+        if len(key) != PUBLIC_KEY_BYTES:
+            raise self.error(
+                name,
+                f"{path} holds {len(key)} bytes; an Ed25519 public key has {PUBLIC_KEY_BYTES}"
+                " (the publisher.pub of `peerpxe keygen`)",
+            )
+        return key
+
     def _knobs(self, section: str, knobs: type[_Knobs], values: dict[str, Any]) -> _Knobs:
         overrides = {key: value for key, value in values.items() if key not in _DISCOVERY_KEYS}
         defaults = knobs()
@@ -459,8 +549,18 @@ class _Loader:
             return knobs(**overrides)
         except AssertionError:
             raise self.error(section, "the knob values are inconsistent") from None
+        except ValueError as problem:
+            named = [key for key in overrides if key in str(problem)]
+            where = f"{section}.{named[0]}" if named else section
+            raise self.error(where, str(problem)) from None
 
-    def _boot(self, boot: dict[str, Any], agent_interface: str, agent_address: str) -> BootConfig:
+    def _boot(
+        self,
+        boot: dict[str, Any],
+        agent_interface: str,
+        agent_address: str,
+        replication: dict[str, Any],
+    ) -> BootConfig:
         enabled = boot.get("enabled", False)
         interface = boot.get("interface", agent_interface)
         server = agent_address
@@ -470,12 +570,13 @@ class _Loader:
                 raise self.error("boot.interface", f"{interface} has no IPv4 address")
             server = found[0]
         root: Path | None = None
+        replicated = replication.get("enabled", False)  # the store's package is served
         if "root" in boot:
             root = self.path.parent / Path(boot["root"]).expanduser()
-        elif enabled:
+        elif enabled and not replicated:
             raise self.error("boot.enabled", "boot.root is required when boot is enabled")
         files: dict[str, str] = {key: boot[key] for key in BOOT_FILE_KEYS if key in boot}
-        if enabled and not files:
+        if enabled and not files and not replicated:
             raise self.error("boot.enabled", "give at least one of boot.bios, efi64, arm64")
         return BootConfig(
             enabled=enabled,
@@ -497,6 +598,7 @@ _KNOB_ORDER: Final[dict[str, tuple[tuple[str, str, bool], ...]]] = {
         ("suspicion_timeout_s_min", "suspicion_timeout_s_max", False),
     ),
     "election": (("heartbeat_interval_s", "lease_timeout_s", True),),
+    "replication": (),
 }
 
 
