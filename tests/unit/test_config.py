@@ -283,3 +283,71 @@ def test_bad_boot_values(tmp_path: Path, text: str, line: int, key: str, fragmen
     message = error_of(path)
     assert message.startswith(f"{path}:{line + 2}: {key}: ")
     assert fragment in message
+
+
+# --------------------------------------------------------------------------- [replication]
+
+PUB_HEX = "ab" * 32
+
+
+def test_replication_section_loads_with_paths_key_and_cap(tmp_path: Path) -> None:
+    (tmp_path / "publisher.pub").write_text(PUB_HEX + "\n")
+    text = MINIMAL + (
+        "[replication]\nenabled = true\nstore = 'store'\npublisher_key_file = 'publisher.pub'\n"
+        "quota_mib = 10\nwan_sources = ['198.51.100.20:7947']\nwan_cap_mbit_s = 8\n"
+        "have_interval_s = 2.0\n"
+    )
+    config = load_config(write(tmp_path, text), FakeNetwork())
+    replication = config.replication
+    assert replication.enabled
+    assert replication.store == tmp_path / "store"
+    assert replication.publisher_key == bytes.fromhex(PUB_HEX)
+    assert replication.quota_bytes == 10 << 20
+    assert replication.wan_sources == (Address("198.51.100.20", 7947),)
+    assert replication.knobs.wan_bytes_per_s == 1_000_000.0
+    assert replication.knobs.have_interval_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        (
+            "enabled = true\npublisher_key_file = 'publisher.pub'\n",
+            4,
+            "replication.store is required",
+        ),
+        ("enabled = true\nstore = 's'\n", 4, "replication.publisher_key_file is required"),
+        (
+            "enabled = true\nstore = 's'\npublisher_key_file = 'missing.pub'\n",
+            6,
+            "replication.publisher_key_file: cannot read",
+        ),
+        (
+            "enabled = true\nstore = 's'\npublisher_key_file = 'short.pub'\n",
+            6,
+            "holds 3 bytes; an Ed25519 public key has 32",
+        ),
+        (
+            "enabled = true\nstore = 's'\npublisher_key_file = 'publisher.pub'\n"
+            "wan_cap_mbit_s = 8\nwan_bytes_per_s = 9.0\n",
+            7,
+            "give wan_cap_mbit_s or wan_bytes_per_s, not both",
+        ),
+        ("wan_sources = ['nowhere']\n", 4, 'expected "host:port"'),
+        (
+            "enabled = true\nstore = 's'\npublisher_key_file = 'publisher.pub'\n"
+            "have_debounce_s = 9.0\n",
+            7,
+            "have_debounce_s",
+        ),
+    ],
+)
+def test_replication_errors_name_file_line_and_key(
+    tmp_path: Path, section: str, line: int, message: str
+) -> None:
+    (tmp_path / "publisher.pub").write_text(PUB_HEX)
+    (tmp_path / "short.pub").write_text("abcdef")
+    path = write(tmp_path, MINIMAL + "[replication]\n" + section)
+    error = error_of(path)
+    assert error.startswith(f"{path}:{line}: replication."), error
+    assert message in error
