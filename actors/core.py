@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from actors.boot.proxy_dhcp import ProxyPolicy
     from actors.messages import Message
     from actors.package import Manifest
 
@@ -259,6 +260,41 @@ class SeedOffered:
     source: Address
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyInstalled:
+    """The host verified, stored and applied signed policy `version` (fetched by `command`,
+    or found on disk at start when `command` is None); told to replication."""
+
+    version: int
+    command: FetchPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFetchFailed:
+    """No policy came of `command`: `refused` when the policy itself was refused (bad
+    signature, rollback, ...; `reason` says which), else the source failed."""
+
+    command: FetchPolicy
+    reason: str
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BootPolicyChanged:
+    """Told to the boot actor: answer with `policy` from now on (a new package's boot files,
+    a new signed policy's MAC lists). `policy` is an `actors.boot.proxy_dhcp.ProxyPolicy`."""
+
+    policy: ProxyPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ServePermission:
+    """Told to the election actor: the signed policy lets this peer serve PXE (`allowed`) or
+    not; a peer the policy excludes is never the responder, whatever it holds."""
+
+    allowed: bool
+
+
 Event = (
     MessageReceived
     | TimerFired
@@ -280,6 +316,10 @@ Event = (
     | ManifestFetched
     | ManifestFetchFailed
     | SeedOffered
+    | PolicyInstalled
+    | PolicyFetchFailed
+    | BootPolicyChanged
+    | ServePermission
 )
 
 
@@ -385,6 +425,16 @@ class FetchManifest:
     seed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """Ask the chunk service at `source` for its signed policy (at least `version`), have
+    the host verify, store and apply it, and answer with `PolicyInstalled` or
+    `PolicyFetchFailed`."""
+
+    source: Address
+    version: int = 0
+
+
 Command = (
     SendMessage
     | StartTimer
@@ -395,6 +445,7 @@ Command = (
     | SendDhcpReply
     | FetchChunk
     | FetchManifest
+    | FetchPolicy
 )
 
 

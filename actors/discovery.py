@@ -50,6 +50,7 @@ from typing import ClassVar, Final
 from actors.core import (
     ActorName,
     Address,
+    BootPolicyChanged,
     CancelTimer,
     CapabilitiesChanged,
     ChunkFetchFailed,
@@ -75,9 +76,12 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    PolicyFetchFailed,
+    PolicyInstalled,
     SeedOffered,
     SendFailed,
     SendMessage,
+    ServePermission,
     StartTimer,
     Tell,
     TimerFired,
@@ -297,6 +301,10 @@ class Discovery:
                 | ManifestFetched()
                 | ManifestFetchFailed()
                 | SeedOffered()
+                | PolicyInstalled()
+                | PolicyFetchFailed()
+                | BootPolicyChanged()
+                | ServePermission()
             ):
                 return []  # replication's and election's business
 

@@ -51,6 +51,7 @@ from typing import ClassVar, Final
 
 from actors.core import (
     ActorName,
+    BootPolicyChanged,
     CapabilitiesChanged,
     ChunkFetchFailed,
     ChunkRefused,
@@ -75,9 +76,12 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    PolicyFetchFailed,
+    PolicyInstalled,
     SeedOffered,
     SendFailed,
     SendMessage,
+    ServePermission,
     StartTimer,
     Tell,
     TimerFired,
@@ -485,6 +489,10 @@ class Election:
         self.self_info = self_info
         self._rng = rng
         self._never = never
+        self._serve_allowed = True
+        """The signed policy lets this peer serve PXE (`ServePermission`)."""
+        self._holds_responder = responder_eligible
+        """What replication last said of the package (`EligibilityChanged`)."""
         """Capabilities this peer never takes on whatever it holds (`[boot] enabled = false`
         means never the responder): `EligibilityChanged` for them is counted and ignored."""
         self._advertised = self_info.capabilities
@@ -534,6 +542,8 @@ class Election:
                 return self.scopes[scope].on_timer(what, now_s)
             case EligibilityChanged(capability, eligible):
                 return self._on_eligibility(capability, eligible, now_s)
+            case ServePermission(allowed):
+                return self._on_serve_permission(allowed, now_s)
             case (
                 PeerDiscovered()
                 | PeerLost()
@@ -551,6 +561,9 @@ class Election:
                 | ManifestFetched()
                 | ManifestFetchFailed()
                 | SeedOffered()
+                | PolicyInstalled()
+                | PolicyFetchFailed()
+                | BootPolicyChanged()
             ):
                 return []
 
@@ -565,9 +578,28 @@ class Election:
             return [CountMetric("election.unknown_capability")]
         if capability in self._never:
             return [CountMetric("election.eligibility_not_allowed")]
+        if capability == RESPONDER_CAPABILITY:
+            self._holds_responder = eligible
+            eligible = eligible and self._serve_allowed
         allowed = eligible and self.self_info.weight > 0  # weight 0 means never (as at start)
         commands = [command for scope in scopes for command in scope.set_eligible(allowed, now_s)]
         commands.extend(self._advertise(capability, eligible))
+        return commands
+
+    def _on_serve_permission(self, allowed: bool, now_s: float) -> list[Command]:
+        """The policy lets this peer serve PXE or not: the responder scope follows."""
+        if allowed == self._serve_allowed:
+            return []
+        self._serve_allowed = allowed
+        commands: list[Command] = [
+            Log(LogLevel.INFO, "policy: may serve PXE" if allowed else "policy: may not serve PXE")
+        ]
+        if RESPONDER_CAPABILITY in self._never:
+            return commands
+        eligible = self._holds_responder and allowed
+        weighted = eligible and self.self_info.weight > 0
+        commands.extend(self.responder.set_eligible(weighted, now_s))
+        commands.extend(self._advertise(RESPONDER_CAPABILITY, eligible))
         return commands
 
     def _advertise(self, capability: str, held: bool) -> list[Command]:

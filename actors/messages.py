@@ -189,6 +189,22 @@ class SeedOffer(Message):
     port: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyVersion(Message):
+    """The version of the signed policy the sender holds (0: none), sent by replication with
+    its advertisements; a peer holding an older one fetches the newer over TCP."""
+
+    TAG: ClassVar[str] = "policy_version"
+    version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyRequest(Message):
+    """Ask a chunk service (over TCP) for the signed policy it holds. Sealed: members only."""
+
+    TAG: ClassVar[str] = "policy_request"
+
+
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Ping,
     Ack,
@@ -203,6 +219,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     ChunkRequest,
     ManifestRequest,
     SeedOffer,
+    PolicyVersion,
+    PolicyRequest,
 )
 """Every message class the codec accepts; a tag may appear only once."""
 

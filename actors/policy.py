@@ -41,10 +41,10 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from actors.boot.proxy_dhcp import normalize_mac
+from actors.boot.proxy_dhcp import ArchClass, ProxyPolicy, normalize_mac
 from actors.errors import PackageError, PackageRefusal
 from actors.package import BOOT_ARCHES, CREATED_S_MAX, check_package_path
 from actors.signing import open_document, pack_body, sign_document, unpack_body
@@ -124,6 +124,32 @@ def policy_allows_client(policy: Policy, mac: str) -> bool:
     if policy.mac_allow:
         return normal in policy.mac_allow
     return policy.unknown_computers or normal in policy.known_macs
+
+
+_ARCH_CLASSES: Final[dict[str, tuple[ArchClass, ...]]] = {
+    "bios": (ArchClass.BIOS,),
+    "efi32": (ArchClass.EFI_IA32, ArchClass.HTTP_IA32),
+    "efi64": (ArchClass.EFI_X64, ArchClass.HTTP_X64),
+    "arm64": (ArchClass.EFI_ARM64, ArchClass.HTTP_ARM64),
+}
+"""A policy's architecture keys (as in manifests) and the ProxyDHCP classes each covers."""
+
+
+def proxy_policy_with(policy: Policy, base: ProxyPolicy) -> ProxyPolicy:
+    """`base` (what the served package says) with the policy's computer lists, its
+    unknown-computer switch and its per-architecture boot files laid over it."""
+    boot_files = dict(base.boot_files)
+    for arch, path in policy.boot_files.items():
+        for arch_class in _ARCH_CLASSES[arch]:
+            boot_files[arch_class] = path.lstrip("/")
+    return replace(
+        base,
+        boot_files=boot_files,
+        serve_unknown=policy.unknown_computers,
+        known_macs=frozenset(policy.known_macs),
+        allowed_macs=frozenset(policy.mac_allow),
+        denied_macs=frozenset(policy.mac_deny),
+    )
 
 
 def encode_policy(policy: Policy) -> bytes:

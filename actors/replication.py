@@ -62,6 +62,14 @@ source), each bounded by `manifest_fetch_timeout_s`; a manifest the store refuse
 fetched again from `Have`s for `manifest_retry_s` (counted and logged with the reason). A
 `Have` for an older package is answered with ours, so a peer that is behind asks us.
 
+The signed policy spreads alongside: every advertisement round also sends the policy
+version this peer holds (`PolicyVersion`, when it holds one); a peer that hears of a newer
+version fetches the policy from that peer (`FetchPolicy`: the host verifies signature and
+rollback, stores and applies it, then says `PolicyInstalled`), and pushes the new version to
+`have_fanout` peers at once, so a policy reaches a site in a few gossip rounds; one that
+hears of an older version answers with its own. The downloader's WAN poll and a publisher's
+seed are asked for their policy too. One policy fetch is out at a time.
+
 Nothing is fetched before the store has said what it holds (`ChunksHeld`), so chunks on
 disk are never fetched again after a restart. A new `ManifestAccepted` replaces the target:
 fetches in flight are forgotten and their answers dropped as stale.
@@ -83,6 +91,7 @@ from actors.bitfield import CHUNKS_MAX, Bitfield, ChunkRef
 from actors.core import (
     ActorName,
     Address,
+    BootPolicyChanged,
     CancelTimer,
     CapabilitiesChanged,
     ChunkFetchFailed,
@@ -96,6 +105,7 @@ from actors.core import (
     Event,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     LeadershipChanged,
     Log,
     LogLevel,
@@ -110,16 +120,19 @@ from actors.core import (
     PackageComplete,
     PeerDiscovered,
     PeerLost,
+    PolicyFetchFailed,
+    PolicyInstalled,
     SeedOffered,
     SendFailed,
     SendMessage,
+    ServePermission,
     StartTimer,
     Tell,
     TimerFired,
     WanSourcesChanged,
 )
 from actors.election import DOWNLOADER_CAPABILITY, RESPONDER_CAPABILITY
-from actors.messages import Have, Message
+from actors.messages import Have, Message, PolicyVersion
 from actors.package import Manifest
 from actors.replication_state import (
     Fetch,
@@ -145,6 +158,7 @@ _WAN_SETTLE_TIMER: Final = "wan_settle"
 _WAKE_TIMER: Final = "wake"
 _MANIFEST_POLL_TIMER: Final = "manifest_poll"
 _MANIFEST_PREFIX: Final = "manifest:"
+_POLICY_TIMER: Final = "policy_fetch"
 MANIFEST_FETCHES_MAX: Final = 2
 """Manifest fetches in flight at once (a seed's offer may come while a poll is out)."""
 REFUSED_MANIFESTS_MAX: Final = 64
@@ -156,6 +170,10 @@ StoreEvent = (
     ManifestAccepted | ChunksHeld | ChunkStored | ChunkRefused | ChunkFetchFailed | PackageComplete
 )
 """What the host says about the package and its store."""
+DocumentEvent = (
+    SeedOffered | ManifestFetched | ManifestFetchFailed | PolicyInstalled | PolicyFetchFailed
+)
+"""Seeds, and what came of fetching signed documents (manifests, the policy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +274,10 @@ class Replication:
         self._seeds: dict[Address, tuple[Peer, str]] = {}
         """Publishers' seeds (`SeedOffered`): a pseudo-peer each, and the package it holds."""
         self._wan_poll_index = 0
+        self.policy_version = 0
+        """The signed policy this peer holds (0: none), as the host says (`PolicyInstalled`)."""
+        self._policy_fetch: FetchPolicy | None = None
+        self._refused_policies: dict[int, float] = {}
         self._set_wan_sources(wan_sources)
 
     # ------------------------------------------------------------------ public API
@@ -315,18 +337,22 @@ class Replication:
                 return []
             case SendFailed():
                 return [CountMetric("replication.send_failed")]
-            case SeedOffered(source):
-                return self._on_seed_offered(source, now_s)
-            case ManifestFetched(command, package_id):
-                return self._on_manifest_fetched(command, package_id)
-            case ManifestFetchFailed(command, reason, refused):
-                return self._on_manifest_fetch_failed(command, reason, refused, now_s)
+            case (
+                SeedOffered()
+                | ManifestFetched()
+                | ManifestFetchFailed()
+                | PolicyInstalled()
+                | PolicyFetchFailed()
+            ):
+                return self._on_document_event(event, now_s)
             case (
                 PeerDiscovered()
                 | PeerLost()
                 | DhcpPacketReceived()
                 | EligibilityChanged()
                 | CapabilitiesChanged()
+                | BootPolicyChanged()
+                | ServePermission()
             ):
                 return []
             case (
@@ -338,6 +364,20 @@ class Replication:
                 | PackageComplete()
             ):
                 return self._on_store_event(event, now_s)
+
+    def _on_document_event(self, event: DocumentEvent, now_s: float) -> list[Command]:
+        """Seeds, and the outcome of manifest and policy fetches."""
+        match event:
+            case SeedOffered(source):
+                return self._on_seed_offered(source, now_s)
+            case ManifestFetched(command, package_id):
+                return self._on_manifest_fetched(command, package_id)
+            case ManifestFetchFailed(command, reason, refused):
+                return self._on_manifest_fetch_failed(command, reason, refused, now_s)
+            case PolicyInstalled(version, command):
+                return self._on_policy_installed(version, command)
+            case PolicyFetchFailed(command, reason, refused):
+                return self._on_policy_fetch_failed(command, reason, refused, now_s)
 
     def _on_store_event(self, event: StoreEvent, now_s: float) -> list[Command]:
         match event:
@@ -632,6 +672,8 @@ class Replication:
     def _on_message(
         self, source: NodeId, address: Address, message: Message, now_s: float
     ) -> list[Command]:
+        if isinstance(message, PolicyVersion):
+            return self._on_policy_version(address, message.version, now_s)
         if not isinstance(message, Have):
             return [CountMetric("replication.dropped.unexpected_message")]
         problem = self._have_problem(source, message)
@@ -694,7 +736,69 @@ class Replication:
         commands: list[Command] = []
         for peer in self._next_recipients(self.knobs.have_fanout):
             commands.extend(self._send_have(peer, reply=False))
+            commands.extend(self._send_policy_version(peer.source.address))
         return commands
+
+    # ------------------------------------------------------------------ policy
+
+    def _send_policy_version(self, address: Address) -> list[Command]:
+        if self.policy_version <= 0:
+            return []
+        return [SendMessage(address, PolicyVersion(version=self.policy_version))]
+
+    def _on_policy_version(self, address: Address, version: int, now_s: float) -> list[Command]:
+        """A peer's policy version: fetch a newer policy from it; tell one that is behind."""
+        if version < self.policy_version:
+            return self._send_policy_version(address)
+        if version == self.policy_version:
+            return []
+        if self._refused_policies.get(version, -math.inf) > now_s:
+            return [CountMetric("replication.policy_refused_recently")]
+        return self._fetch_policy(FetchPolicy(address, version), now_s)
+
+    def _fetch_policy(self, command: FetchPolicy, now_s: float) -> list[Command]:
+        if self._policy_fetch is not None:
+            return []
+        self._policy_fetch = command
+        due_s = now_s + self.knobs.manifest_fetch_timeout_s
+        return [
+            command,
+            StartTimer(_POLICY_TIMER, due_s),
+            CountMetric("replication.policy_fetches"),
+        ]
+
+    def _on_policy_installed(self, version: int, command: FetchPolicy | None) -> list[Command]:
+        commands: list[Command] = []
+        if command is not None and command == self._policy_fetch:
+            self._policy_fetch = None
+            commands.append(CancelTimer(_POLICY_TIMER))
+        if version <= self.policy_version:
+            return commands
+        self.policy_version = version
+        commands.append(Log(LogLevel.INFO, "policy installed", (("version", version),)))
+        for peer in self._next_recipients(self.knobs.have_fanout):  # spread it at once
+            commands.extend(self._send_policy_version(peer.source.address))
+        return commands
+
+    def _on_policy_fetch_failed(
+        self, command: FetchPolicy, reason: str, refused: bool, now_s: float
+    ) -> list[Command]:
+        if command != self._policy_fetch:
+            return [CountMetric("replication.dropped.stale_policy_result")]
+        self._policy_fetch = None
+        commands: list[Command] = [CancelTimer(_POLICY_TIMER)]
+        if not refused:
+            return [*commands, CountMetric("replication.policy_fetch_failed")]
+        if command.version:
+            self._refused_policies[command.version] = now_s + self.knobs.manifest_retry_s
+            if len(self._refused_policies) > REFUSED_MANIFESTS_MAX:
+                del self._refused_policies[next(iter(self._refused_policies))]
+        fields = (("source", f"{command.source.host}:{command.source.port}"),)
+        return [
+            *commands,
+            CountMetric(f"replication.policies_refused.{reason}"),
+            Log(LogLevel.WARNING, f"policy refused: {reason}", fields),
+        ]
 
     # ------------------------------------------------------------------ manifests
 
@@ -730,7 +834,9 @@ class Replication:
         sources = list(self._wan)
         source = sources[self._wan_poll_index % len(sources)]
         self._wan_poll_index += 1
-        return self._fetch_manifest(FetchManifest(source, wan=True), now_s)
+        commands = self._fetch_manifest(FetchManifest(source, wan=True), now_s)
+        commands.extend(self._fetch_policy(FetchPolicy(source), now_s))
+        return commands
 
     def _fetch_manifest(self, command: FetchManifest, now_s: float) -> list[Command]:
         """Issue `command` unless one to its source is out, or too many are (seeds go first)."""
@@ -761,6 +867,7 @@ class Replication:
             CountMetric("replication.seeds_offered"),
         ]
         commands.extend(self._fetch_manifest(FetchManifest(source, seed=True), now_s))
+        commands.extend(self._fetch_policy(FetchPolicy(source), now_s))
         return commands
 
     def _apply_seed(self, seed: Peer, package_id: str) -> None:
@@ -843,6 +950,9 @@ class Replication:
             commands = self._poll_wan(now_s)
             commands.append(StartTimer(_MANIFEST_POLL_TIMER, now_s + self.knobs.manifest_poll_s))
             return commands
+        if name == _POLICY_TIMER:
+            self._policy_fetch = None
+            return [CountMetric("replication.policy_fetch_timeouts")]
         if name.startswith(_FETCH_PREFIX):
             return self._on_fetch_timeout(name, now_s)
         if name.startswith(_MANIFEST_PREFIX):

@@ -22,6 +22,8 @@ from actors.messages import (
     Nack,
     Ping,
     PingReq,
+    PolicyRequest,
+    PolicyVersion,
     Resign,
     SeedOffer,
     Sync,
@@ -41,4 +43,6 @@ MESSAGE_ROUTES: Final[dict[type[Message], ActorName]] = {
     ChunkRequest: ActorName.REPLICATION,  # TCP only: over UDP it is dropped as unexpected
     ManifestRequest: ActorName.REPLICATION,  # TCP only, likewise
     SeedOffer: ActorName.REPLICATION,  # TCP only, likewise
+    PolicyVersion: ActorName.REPLICATION,
+    PolicyRequest: ActorName.REPLICATION,  # TCP only, likewise
 }

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from peerpxe.config import AgentConfig
     from transport.boot_server import BootServer, BootSettings
     from transport.host import Peer
+    from transport.policy_store import PolicyStore
     from transport.shared_store import SharedStore
 
 HELP = "run the peerpxe agent in the foreground (membership via mDNS and seeds)"
@@ -54,6 +55,8 @@ _LOG = logging.getLogger("peerpxe.agent")
 EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_CONFIG_ERROR = 2
+POLICY_FILE = "policy.signed"
+"""The signed policy, kept next to the content store's packages."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +133,8 @@ class Agent:
         self.peer: Peer | None = None
         self.boot_server: BootServer | None = None
         self.store: SharedStore | None = None
+        self.policies: PolicyStore | None = None
+        """The signed policy (with `[replication]`: it spreads the way packages do)."""
         self.served_package = ""
         """The package whose verified tree the boot servers serve ("" : `boot.root`)."""
         self._stop = threading.Event()
@@ -162,6 +167,7 @@ class Agent:
         """Start the peer and its actors, then the boot servers; stop all on failure."""
         if self.config.replication.enabled:
             self.store = self._open_store()
+            self.policies = self._open_policies()
             self.responder_problems = self._package_problems()
         self._log_eligibility()
         peer = self._start_peer()
@@ -208,6 +214,42 @@ class Agent:
         replication.store.mkdir(parents=True, exist_ok=True)
         store = ContentStore(replication.store, replication.quota_bytes, replication.publisher_key)
         return SharedStore(store)
+
+    def _open_policies(self) -> PolicyStore:
+        from transport.policy_store import PolicyStore
+
+        replication = self.config.replication
+        assert replication.store is not None
+        return PolicyStore(replication.store / POLICY_FILE, replication.publisher_key)
+
+    def _apply_policy(self, peer: Peer) -> None:
+        """Apply the policy held: who may serve (election), who is answered and with which
+        boot file (boot actor). Called at start and whenever a newer policy is installed."""
+        from actors.core import ActorName, ServePermission
+        from actors.policy import policy_allows_serving
+
+        policy = self.policies.current() if self.policies is not None else None
+        if policy is None:
+            return
+        config = self.config
+        allowed = policy_allows_serving(
+            policy, config.site, config.subnet, config.node_id, config.capabilities
+        )
+        peer.tell(ActorName.ELECTION, ServePermission(allowed))
+        self._tell_boot_policy(peer)
+        _LOG.info("policy %d applied: may serve PXE=%s", policy.version, allowed)
+
+    def _tell_boot_policy(self, peer: Peer) -> None:
+        """Tell the boot actor what it answers with: the served files, under the policy."""
+        from actors.core import ActorName, BootPolicyChanged
+        from actors.policy import proxy_policy_with
+        from transport.boot_server import boot_policy
+
+        proxy = boot_policy(self._boot_settings())
+        policy = self.policies.current() if self.policies is not None else None
+        if policy is not None:
+            proxy = proxy_policy_with(policy, proxy)
+        peer.tell(ActorName.BOOT, BootPolicyChanged(proxy))
 
     def _package_problems(self) -> list[str]:
         """Why the store's package cannot be served (empty: it can), with replication."""
@@ -301,11 +343,18 @@ class Agent:
 
     def _attach_store(self, peer: Peer, store: SharedStore) -> None:
         """Serve and fetch chunks, and tell the replication actor what the store holds."""
-        from actors.core import ActorName
+        from actors.core import ActorName, PolicyInstalled
 
-        peer.attach_chunks(store)
+        policies = self.policies
+        peer.attach_chunks(store, policies=policies)
         for event in store.announce():
             peer.tell(ActorName.REPLICATION, event)
+        if policies is not None:
+            policies.set_listener(lambda _policy: self._apply_policy(peer))
+            held = policies.current()
+            if held is not None:
+                self._apply_policy(peer)
+                peer.tell(ActorName.REPLICATION, PolicyInstalled(held.version))
         current = store.current()
         _LOG.info(
             "replication: store=%s package=%s wan_sources=%d",
@@ -440,6 +489,7 @@ class Agent:
             _LOG.error("cannot serve package %s: %s", current.package_id, error)
             self.served_package = current.package_id
             return
+        self._tell_boot_policy(peer)  # the new package's boot files (under the policy)
         _LOG.info(
             "serving verified package %s from %s", current.package_id, self.store.served_root()
         )
@@ -468,6 +518,8 @@ class Agent:
         status["responder"] = responder_status(peer, eligible=self.responder_eligible)
         if self.store is not None:
             status["replication"] = replication_status(peer, self.store, self.served_package)
+            policy = self.policies.current() if self.policies is not None else None
+            status["policy"] = {"version": 0 if policy is None else policy.version}
         try:
             write_atomically(self.status_file, json.dumps(status, indent=2, sort_keys=True))
         except OSError as error:

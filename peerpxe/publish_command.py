@@ -101,8 +101,16 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-class _UsageError(Exception):
+class PublishInputError(Exception):
     """A bad option or unreadable input."""
+
+
+_UsageError = PublishInputError
+
+
+def read_keys(cluster_key_file: Path, public_file: Path) -> tuple[bytes, bytes]:
+    """The cluster key and the publisher's public key; `PublishInputError` if unusable."""
+    return _keys(cluster_key_file, public_file)
 
 
 def _keys(cluster_key_file: Path, public_file: Path) -> tuple[bytes, bytes]:
@@ -136,49 +144,97 @@ def _publish(
     signed: bytes,
     workspace: Path,
 ) -> int:
-    from actors.core import Address
-    from actors.envelope import WireSecurity
-    from transport.chunk_service import ChunkServer, chunk_sender_id
-    from transport.metrics import SharedCounters
     from transport.shared_store import SharedStore
 
     store, manifest = _load_package(signed, args.dir, workspace, public)
-    identity = chunk_sender_id(f"publish-{socket.gethostname()}-{os.getpid()}")
-    epoch = time.time_ns() // 1000
-    counters = SharedCounters()
-    bind = args.bind or _routed_address(target)
-    server = ChunkServer(
-        Address(bind, 0),
-        SharedStore(store),
-        WireSecurity(identity, cluster_key, epoch),
-        counters=counters,
-    )
-    server.start()
-    try:
-        sealer = WireSecurity(identity, cluster_key, epoch)
-        _offer(target, sealer, server)
+
+    def held(sealer: Any) -> bool:
+        return _agent_holds(target, sealer, manifest, public)
+
+    def offered(server: ChunkServer) -> None:
         print(
             f"offered {manifest.package_id} ({manifest.total_bytes} bytes, "
             f"{manifest.chunk_count} chunks) to {target.host}:{target.port} from "
             f"{server.address.host}:{server.address.port}"
         )
-        _wait_until_held(
-            target,
-            sealer,
-            manifest=manifest,
-            public=public,
-            counters=counters,
-            timeout_s=args.timeout_s,
+
+    def waiting(counters: Any) -> str:
+        served = counters.snapshot().get("chunks.served", 0)
+        return f"served {served} of {manifest.chunk_count} chunks"
+
+    session = SeedSession(target, cluster_key, args.bind, SharedStore(store))
+    served = session.run(held, offered=offered, waiting=waiting, timeout_s=args.timeout_s)
+    if served is None:
+        raise _PublishError(
+            f"{target.host}:{target.port} did not hold {manifest.package_id} within"
+            f" {args.timeout_s} s"
         )
-    finally:
-        server.stop()
-    served = counters.snapshot()
     print(
         f"published {manifest.package_id}: {target.host}:{target.port} holds it complete and "
         f"verified; served {served.get('chunks.served', 0)} chunks, "
         f"{served.get('chunks.served_bytes', 0)} bytes"
     )
     return EXIT_OK
+
+
+class SeedSession:
+    """Serve from a temporary chunk service, offer it to one agent, wait until `held`.
+
+    Shared by `peerpxe publish` (a package) and `peerpxe policy publish` (a policy)."""
+
+    def __init__(
+        self,
+        target: Address,
+        cluster_key: bytes,
+        bind: str | None,
+        store: Any,
+        policy: bytes | None = None,
+    ) -> None:
+        self.target = target
+        self.cluster_key = cluster_key
+        self.bind = bind
+        self.store = store
+        self.policy = policy
+
+    def run(
+        self,
+        held: Any,
+        *,
+        offered: Any,
+        waiting: Any,
+        timeout_s: float,
+    ) -> dict[str, int] | None:
+        """The seed's counters once `held(sealer)` is true; None if `timeout_s` passed."""
+        from actors.core import Address
+        from actors.envelope import WireSecurity
+        from transport.chunk_service import ChunkServer, chunk_sender_id
+        from transport.metrics import SharedCounters
+
+        identity = chunk_sender_id(f"publish-{socket.gethostname()}-{os.getpid()}")
+        epoch = time.time_ns() // 1000
+        counters = SharedCounters()
+        policy = self.policy
+        server = ChunkServer(
+            Address(self.bind or _routed_address(self.target), 0),
+            self.store,
+            WireSecurity(identity, self.cluster_key, epoch),
+            counters=counters,
+            policy=None if policy is None else lambda: policy,
+        )
+        server.start()
+        try:
+            sealer = WireSecurity(identity, self.cluster_key, epoch)
+            _offer(self.target, sealer, server)
+            offered(server)
+            deadline_s = time.monotonic() + timeout_s
+            while time.monotonic() < deadline_s:
+                if held(sealer):
+                    return counters.snapshot()
+                print(f"  waiting: {waiting(counters)}", flush=True)
+                time.sleep(POLL_S)
+            return None
+        finally:
+            server.stop()
 
 
 def _load_package(signed: bytes, directory: Path, workspace: Path, public: bytes) -> Any:
@@ -240,36 +296,20 @@ def _offer(target: Address, sealer: Any, server: ChunkServer) -> None:
         raise _PublishError(f"the agent answered {status!r} to the offer")
 
 
-def _wait_until_held(
-    target: Address,
-    sealer: Any,
-    *,
-    manifest: Manifest,
-    public: bytes,
-    counters: Any,
-    timeout_s: float,
-) -> None:
+def _agent_holds(target: Address, sealer: Any, manifest: Manifest, public: bytes) -> bool:
+    """Whether the agent's newest complete package is `manifest`."""
     from actors.errors import DecodeError
     from actors.messages import ManifestRequest
     from transport.chunk_fetcher import request_once
     from transport.chunk_service import MANIFEST_REPLY_BYTES_MAX, STATUS_OK
 
-    deadline_s = time.monotonic() + timeout_s
-    while time.monotonic() < deadline_s:
-        try:
-            status, signed = request_once(
-                target, sealer, ManifestRequest(), MANIFEST_REPLY_BYTES_MAX, REQUEST_TIMEOUT_S
-            )
-        except (OSError, DecodeError):
-            status, signed = "unreachable", b""
-        if status == STATUS_OK and _names(signed, manifest, public):
-            return
-        served = counters.snapshot().get("chunks.served", 0)
-        print(f"  waiting: served {served} of {manifest.chunk_count} chunks", flush=True)
-        time.sleep(POLL_S)
-    raise _PublishError(
-        f"{target.host}:{target.port} did not hold {manifest.package_id} within {timeout_s} s"
-    )
+    try:
+        status, signed = request_once(
+            target, sealer, ManifestRequest(), MANIFEST_REPLY_BYTES_MAX, REQUEST_TIMEOUT_S
+        )
+    except (OSError, DecodeError):
+        return False
+    return status == STATUS_OK and _names(signed, manifest, public)
 
 
 def _names(signed: bytes, manifest: Manifest, public: bytes) -> bool:

@@ -30,7 +30,8 @@ The node turns commands into scheduled callbacks and scheduled callbacks into ev
   carries the reply to the simulated clients (`sim.boot_clients`).
 - `FetchChunk`: handed to the world's chunk service (`sim.replication_host`), which models
   the transfer and answers with `ChunkStored`, `ChunkRefused` or `ChunkFetchFailed`;
-  `FetchManifest` likewise (answered with `ManifestFetched` or `ManifestFetchFailed`).
+  `FetchManifest` likewise (answered with `ManifestFetched` or `ManifestFetchFailed`), and
+  `FetchPolicy` (the sim publishes no policy: `PolicyFetchFailed` "not_held").
 - `Log`: handed to the world's optional log sink. `CountMetric`: per-node counters.
 
 Performance: nothing here is a SimPy process. Every delivery is a `Scheduled` object that
@@ -59,6 +60,7 @@ from actors.core import (
     Event,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     LeadershipChanged,
     Log,
     MemberChanged,
@@ -288,6 +290,8 @@ class SimNode:
                 self.world.fetch_chunk(self, cast("FetchChunk", command))
             elif kind is FetchManifest:
                 self.world.fetch_manifest(self, cast("FetchManifest", command))
+            elif kind is FetchPolicy:
+                self.world.fetch_policy(self, cast("FetchPolicy", command))
             else:
                 assert kind is Log, f"unknown command {command!r}"
                 self.world.log(self, cast("Log", command))

@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING, Protocol
 import simpy
 
 from actors.core import (
+    ActorName,
     Address,
     Counters,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     LeadershipChanged,
     Log,
     MemberChanged,
     MemberInfo,
     NodeId,
+    PolicyFetchFailed,
     SendDhcpReply,
 )
 from sim.host import ActorBuilder, SimNode
@@ -233,6 +236,11 @@ class World:
         """`node`'s replication actor asks for a manifest: the chunk service answers."""
         assert self.chunk_service is not None, "a replication actor runs without a chunk service"
         self.chunk_service.fetch_manifest(node, command)
+
+    def fetch_policy(self, node: SimNode, command: FetchPolicy) -> None:
+        """`node`'s replication actor asks for the signed policy: the sim publishes none, so
+        the answer is `not_held`, as a real chunk service without a policy says."""
+        node.deliver(ActorName.REPLICATION, PolicyFetchFailed(command, "not_held"), 0.001)
 
     def fetch_chunk(self, node: SimNode, command: FetchChunk) -> None:
         """`node`'s replication actor asks for a chunk: the chunk service transfers it."""

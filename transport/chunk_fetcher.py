@@ -16,6 +16,11 @@ meantime is retried once on a fresh connection.
 `ManifestFetched`; or `ManifestFetchFailed` (`refused` with the store's reason when the
 manifest itself was refused).
 
+`FetchPolicy` likewise: a `PolicyRequest`, then the policy installer (the agent's
+`transport.policy_store.PolicyStore`: signature, rollback, write, apply) and
+`PolicyInstalled`, or `PolicyFetchFailed`. A poll (`version` 0) that brings a policy no
+newer than ours is not a refusal.
+
 Outcomes: `ChunkStored` (then `PackageComplete` after the last chunk); `ChunkRefused` when
 the store refused the bytes (length or SHA-256) or the reply was malformed or oversize (the
 actor bans the source); `ChunkFetchFailed` with `not_held`, `error`, `timeout`, `refused`,
@@ -42,11 +47,14 @@ from actors.core import (
     Event,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     ManifestFetched,
     ManifestFetchFailed,
+    PolicyFetchFailed,
+    PolicyInstalled,
 )
 from actors.errors import DecodeError, PackageError
-from actors.messages import ChunkRequest, ManifestRequest, Message
+from actors.messages import ChunkRequest, ManifestRequest, Message, PolicyRequest
 from transport.chunk_service import (
     DEFAULT_KNOBS,
     FRAME_HEADER_BYTES,
@@ -64,6 +72,9 @@ from transport.metrics import SharedCounters
 from transport.shared_store import NOT_STAGED, SharedStore
 
 _LOG = logging.getLogger(__name__)
+
+_Work = FetchChunk | FetchManifest | FetchPolicy
+"""What the workers carry out."""
 
 
 class _IdleConnections:
@@ -112,14 +123,19 @@ class ChunkFetcher:
         counters: SharedCounters,
         knobs: ChunkServiceKnobs = DEFAULT_KNOBS,
         name: str = "",
+        policy_installer: Callable[[bytes], int] | None = None,
     ) -> None:
         self._sealer = sealer
+        self._policy_installer = policy_installer
+        """Verifies, stores and applies a signed policy; its version, or `PackageError`."""
         self._seal_lock = threading.Lock()
         self._store = store
         self._tell = tell
         self._counters = counters
         self.knobs = knobs
-        self._queue: queue.Queue[FetchChunk | FetchManifest | None] = queue.Queue(knobs.queue_max)
+        self._queue: queue.Queue[FetchChunk | FetchManifest | FetchPolicy | None] = queue.Queue(
+            knobs.queue_max
+        )
         self._idle = _IdleConnections(knobs.idle_connections_max)
         self._active: dict[int, socket.socket] = {}
         self._active_lock = threading.Lock()
@@ -186,10 +202,12 @@ class ChunkFetcher:
             for event in self._run(command):
                 self._tell(event)
 
-    def _run(self, fetch: FetchChunk | FetchManifest) -> list[Event]:
-        """Fetch, verify and store one chunk or manifest; the events that report it."""
+    def _run(self, fetch: _Work) -> list[Event]:
+        """Fetch, verify and store one chunk, manifest or policy; the events that report it."""
         if isinstance(fetch, FetchManifest):
             return self._run_manifest(fetch)
+        if isinstance(fetch, FetchPolicy):
+            return self._run_policy(fetch)
         if not self._store.expects(fetch.package_id):
             return [ChunkFetchFailed(fetch, NOT_STAGED)]
         deadline_s = time.monotonic() + self._timeout_s(fetch.size_bytes, wan=fetch.wan)
@@ -230,6 +248,52 @@ class ChunkFetcher:
             self._counters.add(f"chunks.manifest.{status}")
             return [ManifestFetchFailed(command, status)]
         return self._stage(command, data)
+
+    def _run_policy(self, command: FetchPolicy) -> list[Event]:
+        """Fetch the source's signed policy and have the policy store install it."""
+        installer = self._policy_installer
+        if installer is None:
+            return [PolicyFetchFailed(command, "no_policy_store")]
+        deadline_s = time.monotonic() + self.knobs.io_timeout_s_min
+        try:
+            status, data = self._exchange(
+                command.source, PolicyRequest(), MANIFEST_REPLY_BYTES_MAX, deadline_s
+            )
+        except DecodeError:
+            self._counters.add("chunks.policy.malformed_reply")
+            return [PolicyFetchFailed(command, "malformed_reply")]
+        except OSError as error:
+            reason = _failure_reason(error)
+            self._counters.add(f"chunks.policy.{reason}")
+            return [PolicyFetchFailed(command, reason)]
+        if status != STATUS_OK:
+            self._counters.add(f"chunks.policy.{status}")
+            return [PolicyFetchFailed(command, status)]
+        try:
+            version = installer(data)
+        except PackageError as error:
+            reason = error.reason.value
+            if reason != "rollback" or command.version:  # asked for a newer one: say so
+                self._counters.add(f"chunks.policy.refused.{reason}")
+                _LOG.warning("policy from %s refused: %s", command.source.host, error)
+            return [PolicyFetchFailed(command, reason, refused=bool(command.version))]
+        except OSError as error:
+            self._counters.add("chunks.policy.write_failed")
+            _LOG.error("storing a policy failed: %s", error)
+            return [PolicyFetchFailed(command, "write_failed")]
+        self._counters.add("chunks.policy.installed")
+        return [PolicyInstalled(version, command)]
+
+    def fetch_policy(self, command: FetchPolicy) -> None:
+        """Queue a policy fetch (never blocks); a full queue fails it at once as `busy`."""
+        if self._stopping.is_set():
+            self._counters.add("chunks.fetch_after_stop")
+            return
+        try:
+            self._queue.put_nowait(command)
+        except queue.Full:
+            self._counters.add("chunks.fetch_queue_full")
+            self._tell(PolicyFetchFailed(command, "busy"))
 
     def _stage(self, command: FetchManifest, signed: bytes) -> list[Event]:
         try:

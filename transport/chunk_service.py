@@ -20,7 +20,8 @@ is answered "ok" with the signed manifest of that package (or of the newest comp
 for an empty id), "not_held" otherwise; `SeedOffer(port)` (from `peerpxe publish`, served
 only when the server was given `on_seed`) is answered "ok" and reported as a seed at the
 connection's source address and that port (the source address is the TCP peer's, never a
-claim in the message).
+claim in the message); `PolicyRequest` is answered with the signed policy the server was
+given (`policy`), "not_held" without one.
 
 A request payload is at most `REQUEST_BYTES_MAX` (one envelope); a reply payload at most the
 chunk's size plus `REPLY_OVERHEAD_BYTES_MAX`. The server refuses, counts and closes the
@@ -81,7 +82,7 @@ import msgpack
 from actors import codec
 from actors.core import NODE_ID_BYTES_MAX, Address, NodeId
 from actors.errors import AuthenticationError, DecodeError
-from actors.messages import ChunkRequest, ManifestRequest, Message, SeedOffer
+from actors.messages import ChunkRequest, ManifestRequest, Message, PolicyRequest, SeedOffer
 from actors.replication import NOT_HELD
 from actors.signing import DOCUMENT_BYTES_MAX
 from transport.metrics import SharedCounters
@@ -217,10 +218,12 @@ class ChunkServer:
         counters: SharedCounters,
         knobs: ChunkServiceKnobs = DEFAULT_KNOBS,
         on_seed: Callable[[Address], None] | None = None,
+        policy: Callable[[], bytes | None] | None = None,
     ) -> None:
         self._store = store
         self._opener = opener
         self._on_seed = on_seed
+        self._policy = policy
         self._counters = counters
         self.knobs = knobs
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -350,6 +353,8 @@ class ChunkServer:
             return self._serve(message)
         if isinstance(message, ManifestRequest):
             return self._serve_manifest(message.package_id)
+        if isinstance(message, PolicyRequest):
+            return self._serve_policy()
         if isinstance(message, SeedOffer) and self._on_seed is not None:
             return self._take_seed(message.port, connection)
         self._refuse("malformed", f"unexpected {message.TAG}", connection)
@@ -366,6 +371,14 @@ class ChunkServer:
             self._counters.add("chunks.manifest_not_held")
             return encode_reply(STATUS_NOT_HELD)
         self._counters.add("chunks.manifests_served")
+        return encode_reply(STATUS_OK, signed)
+
+    def _serve_policy(self) -> bytes:
+        signed = self._policy() if self._policy is not None else None
+        if signed is None:
+            self._counters.add("chunks.policy_not_held")
+            return encode_reply(STATUS_NOT_HELD)
+        self._counters.add("chunks.policies_served")
         return encode_reply(STATUS_OK, signed)
 
     def _take_seed(self, port: int, connection: _Connection) -> bytes | None:

@@ -21,7 +21,8 @@ actor's own thread:
   `Peer.attach_chunks`), which queues it and later tells the outcome to the replication
   actor from its worker threads (`transport.chunk_fetcher`); without one it is counted as
   `chunks.no_fetcher` and told back at once as `ChunkFetchFailed(fetch, "no_fetcher")`;
-- `FetchManifest` -> the same fetcher (`ManifestFetchFailed(command, "no_fetcher")` without).
+- `FetchManifest` and `FetchPolicy` -> the same fetcher (`ManifestFetchFailed` /
+  `PolicyFetchFailed` with "no_fetcher" without one).
 
 Two transport-only messages let the composition root reach into an actor on its thread:
 `Invoke(function)` runs `function(logic, now_s)` and executes the commands it returns (for
@@ -63,11 +64,13 @@ from actors.core import (
     Event,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     Log,
     LogLevel,
     ManifestFetchFailed,
     MemberInfo,
     NodeId,
+    PolicyFetchFailed,
     SeedOffered,
     SendDhcpReply,
     SendFailed,
@@ -84,6 +87,7 @@ from transport.chunk_fetcher import ChunkFetcher
 from transport.chunk_service import DEFAULT_KNOBS, ChunkServer, ChunkServiceKnobs, chunk_sender_id
 from transport.clock import Clock, MonotonicClock
 from transport.metrics import SharedCounters
+from transport.policy_store import PolicyStore
 from transport.shared_store import SharedStore
 from transport.timers import Teller, TimerFire, TimerThread
 from transport.udp import UdpEndpoint
@@ -118,6 +122,10 @@ class ChunkFetcherLike(Protocol):
         ...
 
     def fetch_manifest(self, command: FetchManifest) -> None:
+        """Carry out `command` later; its outcome is told to the replication actor."""
+        ...
+
+    def fetch_policy(self, command: FetchPolicy) -> None:
         """Carry out `command` later; its outcome is told to the replication actor."""
         ...
 
@@ -233,6 +241,8 @@ class LogicActor(pykka.ThreadingActor):
                 self._fetch_chunk(command)
             case FetchManifest():
                 self._fetch_manifest(command)
+            case FetchPolicy():
+                self._fetch_policy(command)
 
     def _send(self, address: Address, message: Message) -> None:
         try:
@@ -264,6 +274,14 @@ class LogicActor(pykka.ThreadingActor):
             return
         fetcher.fetch_manifest(command)
 
+    def _fetch_policy(self, command: FetchPolicy) -> None:
+        fetcher = self._services.chunks
+        if fetcher is None:
+            self._services.counters.add("chunks.no_fetcher")
+            self.actor_ref.tell(PolicyFetchFailed(command, NO_FETCHER))
+            return
+        fetcher.fetch_policy(command)
+
     def _tell_sibling(self, target: ActorName, event: Event) -> None:
         sibling = self._services.siblings.get(target)
         if sibling is None:
@@ -284,6 +302,15 @@ class LogicActor(pykka.ThreadingActor):
             self._services.node_id,
             extra={"peerpxe_fields": dict(command.fields), "node_id": self._services.node_id},
         )
+
+
+def _installer(policies: PolicyStore) -> Callable[[bytes], int]:
+    """Install a fetched signed policy; its version (`PackageError` if refused)."""
+
+    def install(signed: bytes) -> int:
+        return policies.install(signed).version
+
+    return install
 
 
 def _is_event(message: object) -> typing.TypeGuard[Event]:
@@ -384,7 +411,12 @@ class Peer:
         self._services.dhcp = sender
 
     def attach_chunks(
-        self, store: SharedStore, *, serve: bool = True, knobs: ChunkServiceKnobs = DEFAULT_KNOBS
+        self,
+        store: SharedStore,
+        *,
+        serve: bool = True,
+        knobs: ChunkServiceKnobs = DEFAULT_KNOBS,
+        policies: PolicyStore | None = None,
     ) -> None:
         """Carry out `FetchChunk` into `store` and (with `serve`) serve its chunks over TCP.
 
@@ -406,6 +438,7 @@ class Peer:
                 counters=self.counters,
                 knobs=knobs,
                 on_seed=lambda source: self._tell_replication(SeedOffered(source)),
+                policy=None if policies is None else policies.signed,
             )
             server.start()
             self.chunk_server = server
@@ -417,6 +450,7 @@ class Peer:
             counters=self.counters,
             knobs=knobs,
             name=settings.node_id,
+            policy_installer=None if policies is None else _installer(policies),
         )
         fetcher.start()
         self.chunk_fetcher = fetcher

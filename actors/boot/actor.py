@@ -19,6 +19,10 @@ in as `DhcpPacketReceived`; the pure `proxy_dhcp.answer_datagram` decides the re
   two retries instead of the whole boot (pxe-protocol-notes.md §2.4).
 - otherwise: stay silent, count why.
 
+The answer's policy (boot files, MAC lists, unknown computers) is replaced whole by
+`BootPolicyChanged`, which the host tells when a new package is served or a new signed
+policy is installed.
+
 TFTP and HTTP are served by every peer holding the verified package, leader or not; they do
 not pass through this actor. One answerer, many servers (`spread_file_servers`): the answer
 names as TFTP server (`siaddr`, the firmware's "next server") another responder-eligible
@@ -40,6 +44,7 @@ from actors.boot.dhcp_packet import DhcpDecodeError, DhcpPacket, decode_packet, 
 from actors.boot.proxy_dhcp import PXE_PORT, DhcpReply, Ignore, ProxyPolicy, answer
 from actors.core import (
     ActorName,
+    BootPolicyChanged,
     Command,
     CountMetric,
     DhcpPacketReceived,
@@ -113,6 +118,9 @@ class Boot:
                 return self._on_packet(event, now_s)
             case MemberChanged():
                 self._on_member(event, now_s)
+            case BootPolicyChanged(policy):
+                self.policy = policy
+                return [CountMetric("boot.policy_changed")]
         return []
 
     def _on_member(self, event: MemberChanged, now_s: float) -> None:

@@ -20,16 +20,18 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
-from actors.core import Address
+from actors.core import ActorName, Address
 from actors.discovery import DiscoveryKnobs
 from actors.election import ElectionKnobs
 from actors.envelope import WireSecurity
 from actors.messages import SeedOffer
 from actors.package import Manifest, entry_from_bytes, sign_manifest
+from actors.policy import Policy, ServeRule, sign_policy
 from actors.replication import ReplicationKnobs
 from actors.signing import public_key
 from peerpxe.agent_command import Agent, responder_status
@@ -78,6 +80,7 @@ REPLICATION = ReplicationKnobs(
 )
 LOOPBACK_BOOT = {"dhcp_ports": (0, 0), "dhcp_bind_67": LOOPBACK, "http_port": 0, "tftp_port": 0}
 SPREAD_TIMEOUT_S = 60.0
+DENIED_MAC = "52:54:00:12:34:56"
 
 
 def content(seed: str, size_bytes: int) -> bytes:
@@ -330,3 +333,71 @@ def test_refused_packages_are_counted_and_change_nothing(
     assert wrong.publish() == 1
     assert "did not take the offer" in capsys.readouterr().err
     assert lab.counter("hq1", "chunks.refused.auth") == before + 1
+
+
+def test_a_published_policy_reaches_every_agent_and_is_applied(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`peerpxe policy publish` to hq1: every agent installs it (hq2 by gossip, the branch
+    through its downloader's WAN poll, then gossip); the boot actors deny the listed MAC,
+    and the branch, which the policy excludes, is never the responder."""
+    assert lab.publish() == 0
+    assert wait_until(lambda: len(lab.holders(lab.manifest.package_id)) == 4, SPREAD_TIMEOUT_S)
+    policy = Policy(
+        version=3,
+        created_s=1_700_000_100,
+        serve_rules=(ServeRule(serve=False, site="branch"),),
+        serve_default=True,
+        mac_deny=(DENIED_MAC,),
+    )
+    signed_file = tmp_path / "policy.signed"
+    signed_file.write_bytes(sign_policy(policy, SECRET))
+    hq1 = lab.address("hq1")
+    started = time.monotonic()
+    code = main(
+        [
+            "policy",
+            "publish",
+            str(signed_file),
+            "--to",
+            f"{hq1.host}:{hq1.port}",
+            "--cluster-key",
+            str(lab.key_file),
+            "--pub",
+            str(lab.public_file),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "published policy version 3" in capsys.readouterr().out
+
+    def versions() -> dict[str, int]:
+        found = {}
+        for node_id, agent in lab.agents.items():
+            current = agent.policies.current() if agent.policies is not None else None
+            found[node_id] = 0 if current is None else current.version
+        return found
+
+    assert wait_until(lambda: set(versions().values()) == {3}, 30.0, 0.1), versions()
+    spread_s = time.monotonic() - started
+    assert spread_s < 60.0  # the target: every live agent applies a new policy within 60 s
+    for node_id, agent in lab.agents.items():
+        assert agent.peer is not None
+        denied: Any = agent.peer.inspect(ActorName.BOOT, lambda logic: logic.policy.denied_macs)
+        assert DENIED_MAC in denied, node_id
+        assert agent.store is not None
+        assert (lab.root / f"store-{node_id}" / "policy.signed").read_bytes() == sign_policy(
+            policy, SECRET
+        )
+
+    def responder(node_id: str) -> tuple[bool, str]:
+        peer = lab.agents[node_id].peer
+        assert peer is not None
+        found: Any = peer.inspect(
+            ActorName.ELECTION, lambda logic: (logic.responder.eligible, logic.responder.role.value)
+        )
+        return (bool(found[0]), str(found[1]))
+
+    assert wait_until(
+        lambda: all(responder(n) == (False, "follower") for n in ("br1", "br2")), 10.0, 0.1
+    ), {n: responder(n) for n in lab.agents}
+    assert wait_until(lambda: sum(responder(n)[1] == "leader" for n in ("hq1", "hq2")) == 1, 10.0)

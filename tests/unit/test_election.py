@@ -14,6 +14,7 @@ from actors.core import (
     CancelTimer,
     Command,
     CountMetric,
+    EligibilityChanged,
     Event,
     LeadershipChanged,
     Log,
@@ -22,6 +23,7 @@ from actors.core import (
     MemberState,
     MessageReceived,
     SendMessage,
+    ServePermission,
     StartTimer,
     Tell,
     TimerFired,
@@ -325,3 +327,34 @@ def test_standbys_learn_their_rank_in_the_line_of_succession() -> None:
     assert ranks["b"] == [1]
     assert ranks["c"] == [2]
     assert ranks["d"] in ([], [0])
+
+
+def test_a_policy_that_forbids_serving_makes_the_leader_hand_over_and_never_lead() -> None:
+    """`ServePermission(False)`: the peer steps down and stays out, whatever it holds; the
+    package arriving again (`EligibilityChanged`) does not bring it back; permission does."""
+    lab = _lab({"a": 80, "b": 50})
+    lab.run_until(5.0)
+    assert lab.leaders() == ["a"]
+    lab._push(lab.now_s, "a", ServePermission(allowed=False))
+    lab.run_until(lab.now_s + 5.0)
+    assert lab.leaders() == ["b"]
+    lab._push(lab.now_s, "a", EligibilityChanged(RESPONDER_CAPABILITY, eligible=True))
+    lab.run_until(lab.now_s + 40.0)
+    assert lab.leaders() == ["b"]
+    assert not _responder_eligible(lab, "a")
+    lab._push(lab.now_s, "a", ServePermission(allowed=True))
+    lab.run_until(lab.now_s + 40.0)  # a heavier candidate preempts after preempt_after_s
+    assert _responder_eligible(lab, "a")
+    assert lab.max_leaders_same_term == 1
+
+
+def _responder_eligible(lab: ElectionLab, node_id: str) -> bool:
+    return lab.nodes[node_id].actor.responder.eligible
+
+
+def test_a_capability_the_peer_never_takes_is_ignored() -> None:
+    info = MemberInfo("a", "s1", SUBNET, Address("10.0.0.1", 7947), 50, ())
+    election = Election(info, random.Random(1), never=(RESPONDER_CAPABILITY,))
+    commands = election.handle(EligibilityChanged(RESPONDER_CAPABILITY, eligible=True), 0.0)
+    assert CountMetric("election.eligibility_not_allowed") in commands
+    assert not election.responder.eligible

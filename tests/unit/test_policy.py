@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.boot.proxy_dhcp import ArchClass, ProxyPolicy
 from actors.errors import PackageError, PackageRefusal
 from actors.package import Manifest, sign_manifest
 from actors.policy import (
@@ -18,10 +19,12 @@ from actors.policy import (
     encode_policy,
     policy_allows_client,
     policy_allows_serving,
+    proxy_policy_with,
     sign_policy,
     verify_policy,
 )
 from actors.signing import pack_body, public_key, sign_document
+from transport.policy_store import PolicyStore
 
 SECRET = bytes(range(32))
 PUBLIC = public_key(SECRET)
@@ -227,3 +230,61 @@ def test_constructor_refuses_bad_rules() -> None:
         Policy(version=1, created_s=0, serve_rules=(ServeRule(serve=True),))
     with pytest.raises(PackageError, match="MAC"):
         Policy(version=1, created_s=0, mac_allow=("nope",))
+
+
+# --------------------------------------------------------------------------- applied to ProxyDHCP
+
+
+def test_the_policy_is_laid_over_the_served_packages_answer() -> None:
+    """MAC lists and the unknown-computer switch replace the base's; per-arch boot files
+    override the package's (an arch key covers its TFTP and HTTP boot classes)."""
+    base = ProxyPolicy(
+        boot_files={ArchClass.BIOS: "undionly.kpxe", ArchClass.EFI_X64: "ipxe.efi"},
+        ipxe_script_url="http://10.0.0.1:8080/boot.ipxe",
+        denied_macs=frozenset({"aa:aa:aa:aa:aa:aa"}),
+    )
+    laid = proxy_policy_with(
+        policy(
+            unknown_computers=False,
+            known_macs=("52:54:00:00:00:01",),
+            mac_deny=("52:54:00:00:00:02",),
+            boot_files={"efi64": "custom/snp.efi"},
+        ),
+        base,
+    )
+    assert laid.boot_files == {
+        ArchClass.BIOS: "undionly.kpxe",
+        ArchClass.EFI_X64: "custom/snp.efi",
+        ArchClass.HTTP_X64: "custom/snp.efi",
+    }
+    assert laid.ipxe_script_url == base.ipxe_script_url
+    assert not laid.serve_unknown
+    assert laid.known_macs == frozenset({"52:54:00:00:00:01"})
+    assert laid.denied_macs == frozenset({"52:54:00:00:00:02"})
+    assert laid.allowed_macs == frozenset()
+
+
+# --------------------------------------------------------------------------- the agent's store
+
+
+def test_policy_store_installs_newer_refuses_older_and_survives_a_restart(tmp_path: Any) -> None:
+    path = tmp_path / "policy.signed"
+    applied: list[int] = []
+    store = PolicyStore(path, PUBLIC)
+    store.set_listener(lambda installed: applied.append(installed.version))
+    assert store.current() is None
+    assert store.signed() is None
+    assert store.install(sign_policy(policy(version=2), SECRET)).version == 2
+    with pytest.raises(PackageError) as caught:
+        store.install(sign_policy(policy(version=1), SECRET))
+    assert caught.value.reason is PackageRefusal.ROLLBACK
+    with pytest.raises(PackageError):
+        store.install(sign_policy(policy(version=9), bytes(range(1, 33))))  # another key
+    assert applied == [2]
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.signed"]  # no temporaries left
+    again = PolicyStore(path, PUBLIC)
+    current = again.current()
+    assert current is not None
+    assert current.version == 2
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")  # tampered on disk: ignored
+    assert PolicyStore(path, PUBLIC).current() is None

@@ -40,6 +40,7 @@ from actors.core import (
     Event,
     FetchChunk,
     FetchManifest,
+    FetchPolicy,
     LeadershipChanged,
     Log,
     ManifestAccepted,
@@ -50,6 +51,8 @@ from actors.core import (
     MemberState,
     MessageReceived,
     PackageComplete,
+    PolicyFetchFailed,
+    PolicyInstalled,
     SeedOffered,
     SendMessage,
     StartTimer,
@@ -59,7 +62,7 @@ from actors.core import (
 )
 from actors.election import DOWNLOADER_CAPABILITY, RESPONDER_CAPABILITY, Election, Role
 from actors.envelope import MAX_BODY_BYTES, WireSecurity
-from actors.messages import Have, Lease, Message
+from actors.messages import Have, Lease, Message, PolicyVersion
 from actors.package import FileEntry, Manifest
 from actors.replication import NOT_HELD, Replication, ReplicationKnobs
 from actors.token_bucket import TokenBucket
@@ -1333,3 +1336,57 @@ def test_a_publishers_seed_feeds_a_non_downloader_over_the_lan_never_the_wan() -
     assert chunks
     assert all(c.source == seed and not c.wan for c in chunks)
     assert all(c.package_id == NEWER.package_id for c in chunks)
+
+
+# --------------------------------------------------------------------------- policy spreading
+
+
+def policy_fetches_in(commands: Iterable[Command]) -> list[FetchPolicy]:
+    return [command for command in commands if isinstance(command, FetchPolicy)]
+
+
+def test_a_newer_policy_version_is_fetched_from_the_peer_that_has_it_and_then_spread() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    heard = solo.feed(MessageReceived(peer.node_id, peer.address, PolicyVersion(version=4)))
+    (fetch,) = policy_fetches_in(heard)
+    assert fetch == FetchPolicy(peer.address, 4)
+    again = solo.feed(MessageReceived(peer.node_id, peer.address, PolicyVersion(version=5)))
+    assert policy_fetches_in(again) == []  # one policy fetch at a time
+    installed = solo.feed(PolicyInstalled(4, fetch))
+    assert solo.actor.policy_version == 4
+    pushed = [c.message for c in installed if isinstance(c, SendMessage)]
+    assert PolicyVersion(version=4) in pushed  # spread at once, not at the next round
+    older = solo.feed(MessageReceived(peer.node_id, peer.address, PolicyVersion(version=2)))
+    assert [c.message for c in older if isinstance(c, SendMessage)] == [PolicyVersion(version=4)]
+
+
+def test_a_refused_policy_version_is_not_fetched_again_for_a_while() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    message = MessageReceived(peer.node_id, peer.address, PolicyVersion(version=7))
+    (fetch,) = policy_fetches_in(solo.feed(message))
+    refused = solo.feed(PolicyFetchFailed(fetch, "bad_signature", refused=True))
+    assert metrics_in(refused)["replication.policies_refused.bad_signature"] == 1
+    assert policy_fetches_in(solo.feed(message)) == []
+    solo.now_s += DEFAULT_KNOBS.manifest_retry_s + 1
+    assert policy_fetches_in(solo.feed(message)) == [fetch]
+
+
+def test_the_downloader_polls_wan_sources_and_seeds_for_the_policy_too() -> None:
+    solo = Solo(make_manifest((4,)))
+    assert policy_fetches_in(solo.feed(leading("me"))) == [FetchPolicy(ORIGIN)]
+    seed = Address("192.0.2.50", 40000)
+    solo.feed(PolicyFetchFailed(FetchPolicy(ORIGIN), "not_held"))
+    assert policy_fetches_in(solo.feed(SeedOffered(seed))) == [FetchPolicy(seed)]
+
+
+def test_the_policy_version_rides_along_with_advertisements() -> None:
+    solo = Solo(make_manifest((4,)))
+    peer = member(2)
+    solo.feed(MemberChanged(peer, MemberState.ALIVE, 0))
+    solo.feed(PolicyInstalled(2))
+    advertised = solo.advance(solo.now_s + DEFAULT_KNOBS.have_interval_s)
+    assert SendMessage(peer.address, PolicyVersion(version=2)) in advertised
