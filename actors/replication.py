@@ -47,8 +47,10 @@ late `ChunkStored` still counts: the store verified the chunk.
 
 When every chunk is held the host assembles and verifies the package; its
 `PackageComplete` makes this peer advertise `complete=True` and tell election it may now be
-the subnet's responder (`EligibilityChanged`). Remote garbage and stale host answers are
-counted (`replication.dropped.*`) and dropped; nothing a peer sends can raise.
+the subnet's responder (`EligibilityChanged`; unless built with `tells_eligibility=False`:
+the real agent tells election itself once its boot servers serve the new tree). Remote
+garbage and stale host answers are counted (`replication.dropped.*`) and dropped; nothing a
+peer sends can raise.
 
 Manifests spread the same way, as signed documents the host fetches (`FetchManifest`) and
 the store verifies (signature, rollback, quota) before anything is staged: a `Have` from a
@@ -244,8 +246,13 @@ class Replication:
         rng: random.Random,
         knobs: ReplicationKnobs = ReplicationKnobs(),
         wan_sources: tuple[Address, ...] = (),
+        *,
+        tells_eligibility: bool = True,
     ) -> None:
         self.self_info = self_info
+        self._tells_eligibility = tells_eligibility
+        """Tell election we may lead once the package is complete (the simulator); the real
+        agent says so itself, once its boot servers serve the package's verified tree."""
         self.knobs = knobs
         self._rng = rng
         self._site_scope = f"site:{self_info.site}"
@@ -459,8 +466,10 @@ class Replication:
         commands: list[Command] = [
             Log(LogLevel.INFO, "package complete and verified", fields),
             CountMetric("replication.packages_completed"),
-            Tell(ActorName.ELECTION, EligibilityChanged(RESPONDER_CAPABILITY, eligible=True)),
         ]
+        if self._tells_eligibility:
+            eligible = EligibilityChanged(RESPONDER_CAPABILITY, eligible=True)
+            commands.append(Tell(ActorName.ELECTION, eligible))
         commands.extend(self._held_changed(now_s))
         self._have_sent_s = now_s
         for peer in self._next_recipients(self.knobs.have_fanout):

@@ -56,6 +56,10 @@ EXIT_OK = 0
 EXIT_RUNTIME_ERROR = 1
 EXIT_CONFIG_ERROR = 2
 POLICY_FILE = "policy.signed"
+KEEP_PACKAGES = 2
+"""Complete packages kept: the one served and the one before (a peer still fetching it when
+the new one completed switches to the new one on its next Have; the old one is gone after
+the next version)."""
 """The signed policy, kept next to the content store's packages."""
 
 
@@ -138,6 +142,8 @@ class Agent:
         self.served_package = ""
         """The package whose verified tree the boot servers serve ("" : `boot.root`)."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set by a stop request or a package completing: report (and serve) at once."""
         self._states: dict[str, str] = {}
 
     @property
@@ -251,6 +257,12 @@ class Agent:
             proxy = proxy_policy_with(policy, proxy)
         peer.tell(ActorName.BOOT, BootPolicyChanged(proxy))
 
+    def _tell_eligible(self, peer: Peer, *, eligible: bool) -> None:
+        from actors.core import ActorName, EligibilityChanged
+        from actors.election import RESPONDER_CAPABILITY
+
+        peer.tell(ActorName.ELECTION, EligibilityChanged(RESPONDER_CAPABILITY, eligible))
+
     def _package_problems(self) -> list[str]:
         """Why the store's package cannot be served (empty: it can), with replication."""
         from peerpxe.config import responder_problems
@@ -313,12 +325,11 @@ class Agent:
         boot = Boot(self_info, policy, self._boot_settings().server, boot_knobs)
         actors: list[Any] = [discovery, election, boot]
         if self.store is not None:
-            replication = config.replication
-            actors.append(
-                Replication(
-                    self_info, rngs["replication"], replication.knobs, replication.wan_sources
-                )
+            knobs, wan = config.replication.knobs, config.replication.wan_sources
+            replication = Replication(
+                self_info, rngs["replication"], knobs, wan, tells_eligibility=False
             )
+            actors.append(replication)
         try:
             peer.start(actors, advertise=self_info)
             if self.store is not None:
@@ -347,6 +358,7 @@ class Agent:
 
         policies = self.policies
         peer.attach_chunks(store, policies=policies)
+        store.set_completion_listener(self._wake.set)  # serve a completed package at once
         for event in store.announce():
             peer.tell(ActorName.REPLICATION, event)
         if policies is not None:
@@ -438,6 +450,7 @@ class Agent:
         def request_stop(signum: int, _frame: object) -> None:
             _LOG.info("received %s", signal.Signals(signum).name)
             self._stop.set()
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
@@ -454,7 +467,9 @@ class Agent:
                     _LOG.error("the %s actor stopped; exiting", name.value)
                     return EXIT_RUNTIME_ERROR
             self.report(peer)
-            if self._stop.wait(self.interval_s):
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
                 return EXIT_OK
 
     def report(self, peer: Peer) -> None:
@@ -478,6 +493,7 @@ class Agent:
                 "cannot serve %s: %s", current.package_id, "; ".join(self.responder_problems)
             )
             self.served_package = current.package_id
+            self._tell_eligible(peer, eligible=False)
             return
         old = self.boot_server
         self.boot_server = None
@@ -490,6 +506,10 @@ class Agent:
             self.served_package = current.package_id
             return
         self._tell_boot_policy(peer)  # the new package's boot files (under the policy)
+        self._tell_eligible(peer, eligible=True)  # only now: the boot servers serve its tree
+        removed = self.store.collect(keep=KEEP_PACKAGES)
+        if removed:
+            _LOG.info("collected old packages: %s", ", ".join(removed))
         _LOG.info(
             "serving verified package %s from %s", current.package_id, self.store.served_root()
         )

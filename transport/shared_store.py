@@ -55,12 +55,22 @@ class SharedStore:
         self._store = store
         self._lock = threading.Lock()
         self._listener: Callable[[Event], None] | None = None
+        self._on_complete: Callable[[], None] | None = None
         self._missing: dict[bytes, None] | None = None
         """Digests of staged chunks not stored yet; None: recompute from the store."""
 
     def set_listener(self, listener: Callable[[Event], None] | None) -> None:
         """Tell `listener` about inventory changes from now on."""
         self._listener = listener
+
+    def set_completion_listener(self, listener: Callable[[], None] | None) -> None:
+        """Call `listener` (non-blocking, any thread) whenever a package completes."""
+        self._on_complete = listener
+
+    def collect(self, keep: int) -> list[str]:
+        """`ContentStore.collect`, under the lock: the ids of the packages removed."""
+        with self._lock:
+            return self._store.collect(keep)
 
     def stage(self, signed_manifest: bytes) -> list[Event]:
         """Begin (or resume) fetching a package; the events its replication actor must hear.
@@ -205,6 +215,8 @@ class SharedStore:
             self._missing = None
             return []
         if completed:
+            if self._on_complete is not None:
+                self._on_complete()
             return [PackageComplete(package_id)]
         self._missing = None
         return [self._inventory(staged)]

@@ -401,3 +401,20 @@ def test_a_published_policy_reaches_every_agent_and_is_applied(
         lambda: all(responder(n) == (False, "follower") for n in ("br1", "br2")), 10.0, 0.1
     ), {n: responder(n) for n in lab.agents}
     assert wait_until(lambda: sum(responder(n)[1] == "leader" for n in ("hq1", "hq2")) == 1, 10.0)
+
+
+def test_newer_versions_replace_the_served_one_and_old_ones_are_collected(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """v2, then v3 and v4 published: every agent serves v4 and keeps two versions."""
+    for version in (2, 3, 4):
+        manifest = manifest_of((version,))
+        manifest_file = tmp_path / f"winpe-{version}.manifest"
+        manifest_file.write_bytes(sign_manifest(manifest, SECRET))
+        assert lab.publish(manifest=manifest_file) == 0
+        package_id = manifest.package_id
+        assert wait_until(lambda: len(lab.holders(package_id)) == 4, SPREAD_TIMEOUT_S)  # noqa: B023
+    for node_id, agent in lab.agents.items():
+        assert agent.served_package == "winpe-4", node_id
+        packages = sorted(p.name for p in (lab.root / f"store-{node_id}" / "packages").iterdir())
+        assert packages == ["winpe-3", "winpe-4"], (node_id, packages)
