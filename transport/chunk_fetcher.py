@@ -73,8 +73,17 @@ from transport.shared_store import NOT_STAGED, SharedStore
 
 _LOG = logging.getLogger(__name__)
 
-_Work = FetchChunk | FetchManifest | FetchPolicy
+FetchWork = FetchChunk | FetchManifest | FetchPolicy
 """What the workers carry out."""
+
+
+def failure_of(command: FetchWork, reason: str) -> Event:
+    """The event that says `command` failed for `reason` (not a refusal of its content)."""
+    if isinstance(command, FetchManifest):
+        return ManifestFetchFailed(command, reason)
+    if isinstance(command, FetchPolicy):
+        return PolicyFetchFailed(command, reason)
+    return ChunkFetchFailed(command, reason)
 
 
 class _IdleConnections:
@@ -150,7 +159,7 @@ class ChunkFetcher:
         for thread in self._threads:
             thread.start()
 
-    def fetch(self, command: FetchChunk) -> None:
+    def fetch(self, command: FetchWork) -> None:
         """Queue `command` (never blocks); a full queue fails it at once as `busy`."""
         if self._stopping.is_set():
             self._counters.add("chunks.fetch_after_stop")
@@ -159,18 +168,7 @@ class ChunkFetcher:
             self._queue.put_nowait(command)
         except queue.Full:
             self._counters.add("chunks.fetch_queue_full")
-            self._tell(ChunkFetchFailed(command, "busy"))
-
-    def fetch_manifest(self, command: FetchManifest) -> None:
-        """Queue a manifest fetch (never blocks); a full queue fails it at once as `busy`."""
-        if self._stopping.is_set():
-            self._counters.add("chunks.fetch_after_stop")
-            return
-        try:
-            self._queue.put_nowait(command)
-        except queue.Full:
-            self._counters.add("chunks.fetch_queue_full")
-            self._tell(ManifestFetchFailed(command, "busy"))
+            self._tell(failure_of(command, "busy"))
 
     def stop(self) -> None:
         """Drop queued fetches, abort those in flight, stop the workers, close connections."""
@@ -202,7 +200,7 @@ class ChunkFetcher:
             for event in self._run(command):
                 self._tell(event)
 
-    def _run(self, fetch: _Work) -> list[Event]:
+    def _run(self, fetch: FetchWork) -> list[Event]:
         """Fetch, verify and store one chunk, manifest or policy; the events that report it."""
         if isinstance(fetch, FetchManifest):
             return self._run_manifest(fetch)
@@ -283,17 +281,6 @@ class ChunkFetcher:
             return [PolicyFetchFailed(command, "write_failed")]
         self._counters.add("chunks.policy.installed")
         return [PolicyInstalled(version, command)]
-
-    def fetch_policy(self, command: FetchPolicy) -> None:
-        """Queue a policy fetch (never blocks); a full queue fails it at once as `busy`."""
-        if self._stopping.is_set():
-            self._counters.add("chunks.fetch_after_stop")
-            return
-        try:
-            self._queue.put_nowait(command)
-        except queue.Full:
-            self._counters.add("chunks.fetch_queue_full")
-            self._tell(PolicyFetchFailed(command, "busy"))
 
     def _stage(self, command: FetchManifest, signed: bytes) -> list[Event]:
         try:

@@ -58,7 +58,6 @@ from actors.core import (
     ActorName,
     Address,
     CancelTimer,
-    ChunkFetchFailed,
     Command,
     CountMetric,
     Event,
@@ -67,10 +66,8 @@ from actors.core import (
     FetchPolicy,
     Log,
     LogLevel,
-    ManifestFetchFailed,
     MemberInfo,
     NodeId,
-    PolicyFetchFailed,
     SeedOffered,
     SendDhcpReply,
     SendFailed,
@@ -83,7 +80,7 @@ from actors.discovery import Discovery
 from actors.election import Election
 from actors.envelope import WireSecurity
 from actors.messages import Message
-from transport.chunk_fetcher import ChunkFetcher
+from transport.chunk_fetcher import ChunkFetcher, FetchWork, failure_of
 from transport.chunk_service import DEFAULT_KNOBS, ChunkServer, ChunkServiceKnobs, chunk_sender_id
 from transport.clock import Clock, MonotonicClock
 from transport.metrics import SharedCounters
@@ -117,15 +114,7 @@ class MessageSender(Protocol):
 class ChunkFetcherLike(Protocol):
     """What the host needs to carry out `FetchChunk`: queue it, never block or raise."""
 
-    def fetch(self, command: FetchChunk) -> None:
-        """Carry out `command` later; its outcome is told to the replication actor."""
-        ...
-
-    def fetch_manifest(self, command: FetchManifest) -> None:
-        """Carry out `command` later; its outcome is told to the replication actor."""
-        ...
-
-    def fetch_policy(self, command: FetchPolicy) -> None:
+    def fetch(self, command: FetchWork) -> None:
         """Carry out `command` later; its outcome is told to the replication actor."""
         ...
 
@@ -237,12 +226,8 @@ class LogicActor(pykka.ThreadingActor):
                 self._services.counters.add(name, amount)
             case SendDhcpReply():
                 self._send_dhcp(command)
-            case FetchChunk():
-                self._fetch_chunk(command)
-            case FetchManifest():
-                self._fetch_manifest(command)
-            case FetchPolicy():
-                self._fetch_policy(command)
+            case FetchChunk() | FetchManifest() | FetchPolicy():
+                self._fetch(command)
 
     def _send(self, address: Address, message: Message) -> None:
         try:
@@ -258,29 +243,13 @@ class LogicActor(pykka.ThreadingActor):
             return
         sender.send_reply(command)
 
-    def _fetch_chunk(self, command: FetchChunk) -> None:
+    def _fetch(self, command: FetchWork) -> None:
         fetcher = self._services.chunks
         if fetcher is None:
             self._services.counters.add("chunks.no_fetcher")
-            self.actor_ref.tell(ChunkFetchFailed(command, NO_FETCHER))
+            self.actor_ref.tell(failure_of(command, NO_FETCHER))
             return
         fetcher.fetch(command)
-
-    def _fetch_manifest(self, command: FetchManifest) -> None:
-        fetcher = self._services.chunks
-        if fetcher is None:
-            self._services.counters.add("chunks.no_fetcher")
-            self.actor_ref.tell(ManifestFetchFailed(command, NO_FETCHER))
-            return
-        fetcher.fetch_manifest(command)
-
-    def _fetch_policy(self, command: FetchPolicy) -> None:
-        fetcher = self._services.chunks
-        if fetcher is None:
-            self._services.counters.add("chunks.no_fetcher")
-            self.actor_ref.tell(PolicyFetchFailed(command, NO_FETCHER))
-            return
-        fetcher.fetch_policy(command)
 
     def _tell_sibling(self, target: ActorName, event: Event) -> None:
         sibling = self._services.siblings.get(target)
