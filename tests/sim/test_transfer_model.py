@@ -104,6 +104,24 @@ def test_a_transfer_gets_the_smallest_of_its_shares() -> None:
     assert busy_s == pytest.approx(2.0)
 
 
+def test_a_share_held_back_elsewhere_goes_to_the_others() -> None:
+    """n0 uploads to n1 and n2; n1 also downloads from n3, n4 and n5, so its download holds
+    each of its four transfers to 250 B/s. n0's upload gives n2 the 750 B/s that n1 cannot
+    take (max-min, as TCP would) instead of leaving it idle: n2's 1000 B arrive at 4/3 s, not
+    at 2 s (an equal half of n0's upload)."""
+    lab = Lab(6)
+    lab.fetch(1, 0, 1)
+    lab.fetch(2, 0, 2)
+    for source in (3, 4, 5):
+        lab.fetch(1, source, source)
+    lab.run()
+    first_s, first_node, first_number = lab.finished[0]
+    assert first_s == pytest.approx(4 / 3)
+    assert (first_node, first_number) == ("n2", 2)
+    assert [time_s for time_s, _, _ in lab.finished[1:]] == pytest.approx([4.0] * 4)
+    assert lab.model.uploads["n0"].moved_bytes == pytest.approx(2000)
+
+
 def test_source_crash_fails_its_uploads_and_receiver_crash_drops_its_downloads() -> None:
     """A crashed source's receivers hear `source down`; a crashed receiver's transfers just
     end; bytes moved before the crash are counted."""
