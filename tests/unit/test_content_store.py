@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.bitfield import Bitfield
+from actors.core import ChunksHeld, ManifestAccepted, PackageComplete
 from actors.errors import PackageError, PackageRefusal
 from actors.package import (
     CHUNK_BYTES_MIN,
@@ -30,6 +32,7 @@ from transport.content_store import (
     Refusal,
 )
 from transport.durable import TEMP_PREFIX
+from transport.shared_store import SharedStore
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = bytes(range(32))
@@ -530,3 +533,33 @@ def test_begin_another_package_discards_the_staged_one(tmp_path: Path) -> None:
     assert store.staged() == second
     assert len(store.missing_chunks()) == second.chunk_count
     assert sorted(path.name for path in (tmp_path / "staging").iterdir()) == ["winpe-2"]
+
+
+# --------------------------------------------------------------------------- announcements
+
+
+def test_a_restarted_agent_announces_the_staged_package_with_what_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    """`SharedStore.announce` after a restart mid-fetch: the staged manifest and exactly the
+    chunks already stored (so none is fetched again); after completion, the package whole;
+    a manifest it already holds is offered again without staging anything."""
+    manifest, signed, files = make_package(4)
+    first = open_store(tmp_path)
+    first.begin(signed)
+    missing = first.missing_chunks()
+    for path, index in missing[:3]:
+        first.write_chunk(path, index, chunk(files, path, index))
+    restarted = SharedStore(open_store(tmp_path))  # a new process, the same disk
+    accepted, held = restarted.announce()
+    assert accepted == ManifestAccepted(manifest)
+    assert isinstance(held, ChunksHeld)
+    bits = Bitfield.from_bytes(manifest.chunk_count, held.bitmap)
+    assert bits.count() == 3
+    assert restarted.offer(signed) == (manifest.package_id, [])  # already staged
+    store = open_store(tmp_path)
+    fill(store, files)
+    assert store.complete()
+    events = SharedStore(open_store(tmp_path)).announce()
+    assert events[0] == ManifestAccepted(manifest)
+    assert events[-1] == PackageComplete(manifest.package_id)
