@@ -246,7 +246,7 @@ def _round(value: float | None, digits: int = 2) -> float | None:
 
 def main() -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
         "--peers",
         type=int,
