@@ -13,7 +13,7 @@ Wire protocol, one TCP connection, any number of request/reply pairs in turn (ke
     frame   = length: uint32 big-endian, payload: `length` bytes
     request = frame(WireSecurity.seal(ChunkRequest(package_id, path, chunk_index)))
     reply   = frame(msgpack [status: str, data: bin])
-              status "ok": data is the chunk; "not_held" or "error": data is empty
+              status "ok": data is the chunk; "not_held", "error" or "busy": data is empty
 
 Two more requests share the connection and the envelope: `ManifestRequest(package_id)`
 is answered "ok" with the signed manifest of that package (or of the newest complete one
@@ -22,6 +22,11 @@ only when the server was given `on_seed`) is answered "ok" and reported as a see
 connection's source address and that port (the source address is the TCP peer's, never a
 claim in the message); `PolicyRequest` is answered with the signed policy the server was
 given (`policy`), "not_held" without one.
+
+At most `uploads_max` chunk replies are written at once; a chunk request beyond them is
+answered "busy" at once (the fetcher reports `ChunkFetchFailed(busy)`, the actor backs off
+from that source and asks another holder), so a popular source serves a few transfers at
+full speed instead of many too slowly to beat their timeouts.
 
 A request payload is at most `REQUEST_BYTES_MAX` (one envelope); a reply payload at most the
 chunk's size plus `REPLY_OVERHEAD_BYTES_MAX`. The server refuses, counts and closes the
@@ -99,7 +104,9 @@ REPLY_OVERHEAD_BYTES_MAX: Final = 16
 STATUS_OK: Final = "ok"
 STATUS_NOT_HELD: Final = NOT_HELD
 STATUS_ERROR: Final = "error"
-STATUSES: Final = (STATUS_OK, STATUS_NOT_HELD, STATUS_ERROR)
+STATUS_BUSY: Final = "busy"
+"""Every upload slot is taken: ask someone else, or again later (the actor backs off)."""
+STATUSES: Final = (STATUS_OK, STATUS_NOT_HELD, STATUS_ERROR, STATUS_BUSY)
 CHUNK_SENDER_SUFFIX: Final = "#chunks"
 RECEIVE_BYTES: Final = 256 * 1024
 POLL_S: Final = 0.2
@@ -115,6 +122,11 @@ class ChunkServiceKnobs:
     """Limits and timeouts of the chunk server and fetcher."""
 
     connections_max: int = 64
+    uploads_max: int = 4
+    """Chunk replies being written at once; a request beyond them is answered "busy" at once
+    (BitTorrent's four unchoked upload slots, BEP 3; the simulator's `upload_slots`). Without
+    it, 64 peers pulling 4 MiB chunks from one downloader at 100 Mbit/s would each take ~21 s,
+    past every fetch timeout: bandwidth spent on transfers that are then thrown away."""
     idle_timeout_s: float = 30.0
     connect_timeout_s: float = 2.0
     io_timeout_s_min: float = 3.0
@@ -122,14 +134,16 @@ class ChunkServiceKnobs:
     own), so the fetcher reports a stalled fetch before the actor's timer gives up on it."""
     io_timeout_s_per_mib: float = 3.0
     wan_io_timeout_s_per_mib: float = 8.0
-    workers: int = 4
+    workers: int = 16
+    """Fetches carried out at once: the replication actor's `fetches_max`, so a fetch it
+    counts as in flight is on the wire, not waiting in this queue for its timeout."""
     queue_max: int = 256
     idle_connections_max: int = 32
     """Idle client connections kept for reuse, over all sources."""
 
     def __post_init__(self) -> None:
         """Refuse knobs that cannot work, with a reason."""
-        for name in ("connections_max", "workers", "queue_max"):
+        for name in ("connections_max", "uploads_max", "workers", "queue_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("idle_timeout_s", "connect_timeout_s", "io_timeout_s_min"):
@@ -393,6 +407,9 @@ class ChunkServer:
         return encode_reply(STATUS_OK)
 
     def _serve(self, request: ChunkRequest) -> bytes:
+        if self._uploading() >= self.knobs.uploads_max:
+            self._counters.add("chunks.busy")
+            return encode_reply(STATUS_BUSY)
         try:
             data = self._store.read_chunk(request.package_id, request.path, request.chunk_index)
         except OSError as error:
@@ -405,6 +422,10 @@ class ChunkServer:
         self._counters.add("chunks.served")
         self._counters.add("chunks.served_bytes", len(data))
         return encode_reply(STATUS_OK, data)
+
+    def _uploading(self) -> int:
+        """Replies still being written (each connection writes at most one)."""
+        return sum(1 for connection in self._connections.values() if connection.outbox)
 
     def _flush(self, connection: _Connection) -> None:
         if not connection.outbox:

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -601,3 +601,36 @@ def test_a_chunk_request_over_udp_is_dropped_by_replication() -> None:
         )
     finally:
         peer.stop()
+
+
+def test_a_source_whose_upload_slots_are_taken_answers_busy(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    """`uploads_max` replies at once: a client that asked for a large chunk and does not
+    read holds a slot; the next request is answered "busy" at once (not queued behind it),
+    and once the slow reply has been read, requests are served again."""
+    big_chunk = 8 * 1024 * 1024
+    data = content("big", big_chunk)
+    manifest = Manifest(
+        name="big",
+        version=(1,),
+        created_s=1_700_000_000,
+        files=(entry_from_bytes("big.bin", data, big_chunk),),
+        chunk_bytes=big_chunk,
+    )
+    store = ContentStore(tmp_path / "big", QUOTA, PUBLIC)
+    store.begin(sign_manifest(manifest, SECRET))
+    store.write_chunk("big.bin", 0, data)
+    assert store.complete()
+    service = start_service(store, replace(FAST, uploads_max=1))
+    services.append(service)
+    request = ChunkRequest(package_id=manifest.package_id, path="big.bin", chunk_index=0)
+    slow = service.client(sender="slow#chunks")
+    slow.send(frame(slow.sealer.seal(request)))  # asked, not reading: its reply stalls
+    assert wait_until(lambda: service.counters.get("chunks.served") == 1, timeout_s=WAIT_S)
+    other = service.client(sender="other#chunks")
+    assert other.ask(request) == ("busy", b"")
+    assert service.counters.get("chunks.busy") == 1
+    status, served = decode_reply(slow.read_frame())
+    assert (status, served == data) == ("ok", True)
+    assert wait_until(lambda: other.ask(request)[0] == "ok", timeout_s=WAIT_S)
