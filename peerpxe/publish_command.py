@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print("peerpxe publish: --timeout-s must be positive", file=sys.stderr)
         return EXIT_USAGE
     try:
-        cluster_key, public = _keys(args.cluster_key, args.pub)
+        cluster_key, public = read_keys(args.cluster_key, args.pub)
         signed = _read(args.manifest)
-    except _UsageError as error:
+    except PublishInputError as error:
         print(f"peerpxe publish: {error}", file=sys.stderr)
         return EXIT_USAGE
     workspace = Path(tempfile.mkdtemp(prefix="peerpxe-publish-"))
@@ -105,15 +105,8 @@ class PublishInputError(Exception):
     """A bad option or unreadable input."""
 
 
-_UsageError = PublishInputError
-
-
 def read_keys(cluster_key_file: Path, public_file: Path) -> tuple[bytes, bytes]:
     """The cluster key and the publisher's public key; `PublishInputError` if unusable."""
-    return _keys(cluster_key_file, public_file)
-
-
-def _keys(cluster_key_file: Path, public_file: Path) -> tuple[bytes, bytes]:
     from actors.envelope import CLUSTER_KEY_BYTES_MIN
     from peerpxe.config import parse_key
     from peerpxe.keys import KeyFileError, load_public_key
@@ -121,10 +114,10 @@ def _keys(cluster_key_file: Path, public_file: Path) -> tuple[bytes, bytes]:
     try:
         public = load_public_key(public_file)
     except KeyFileError as error:
-        raise _UsageError(str(error)) from None
+        raise PublishInputError(str(error)) from None
     key = parse_key(_read(cluster_key_file))
     if len(key) < CLUSTER_KEY_BYTES_MIN:
-        raise _UsageError(f"{cluster_key_file}: a {len(key)}-byte cluster key is too short")
+        raise PublishInputError(f"{cluster_key_file}: a {len(key)}-byte cluster key is too short")
     return key, public
 
 
@@ -132,7 +125,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise _UsageError(f"cannot read {path}: {error.strerror or error}") from None
+        raise PublishInputError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def _publish(
