@@ -74,6 +74,10 @@ Speed: the host's per-packet budget at ~45,000 packets/s is ~20 µs including tw
 calls, so the hot path (`receive` of an in-order ACK) parses the 4-byte ACK inline, builds
 one DATA datagram as `precompiled header + read(...)`, keeps the window's datagrams for
 retransmission instead of rebuilding them, and allocates little else (the returned list).
+In lock-step the ACK of the block just sent, when a full block follows, takes
+`_next_lockstep`: the same effect as `_on_ack` + `_send_window` in one call (~1.1 µs per
+packet instead of ~1.5 µs); a Hypothesis test checks it answers every ACK sequence exactly
+as the general path.
 `tests/unit/test_tftp_transfer.py::test_per_packet_cost_64_mib` measures it.
 
 Mode: `netascii` is served as `octet`, byte for byte. No boot firmware asks for netascii; the
@@ -217,6 +221,10 @@ class Outcome(Enum):
     READ_FAILED = "read_failed"
 
 
+_SENDING: Final = TransferState.SENDING
+_pack_data_header: Final = _DATA_HEADER.pack
+
+
 def admit_request(packet: ReadRequest | WriteRequest) -> str | Error:
     """The root-relative path to serve for a request, or the ERROR to answer it with."""
     if isinstance(packet, WriteRequest):
@@ -276,11 +284,13 @@ class ReadTransfer:
         "_acked",
         "_blksize",
         "_deadline_s",
+        "_full_blocks",
         "_highest_sent",
         "_in_flight",
         "_in_flight_first",
         "_last_block",
         "_last_block_bytes",
+        "_lockstep",
         "_msftwindow",
         "_read",
         "_retries",
@@ -323,6 +333,9 @@ class ReadTransfer:
         self._retries_max = config.retries_max
         self._last_block = size_bytes // self._blksize + 1
         self._last_block_bytes = size_bytes - (self._last_block - 1) * self._blksize
+        self._full_blocks = self._last_block - 1  # blocks 1.._full_blocks carry blksize bytes
+        #: one block per ACK for the whole transfer: `receive` may take `_next_lockstep`
+        self._lockstep = self._window == 1 and not self._msftwindow
         self._state = TransferState.NEGOTIATING
         self._acked = -1  # highest acknowledged block; -1: not even the OACK (block 0)
         self._highest_sent = -1
@@ -373,8 +386,13 @@ class ReadTransfer:
     def receive(self, datagram: bytes, now_s: float) -> list[bytes]:
         """Handle one datagram from the client; malformed ones are counted and dropped."""
         if len(datagram) >= 4 and datagram[1] == _ACK_OPCODE and datagram[0] == 0:
+            wire_block = (datagram[2] << 8) | datagram[3]
+            if self._lockstep:
+                sent = self._highest_sent
+                if wire_block == sent & _WIRE_MASK and self._acked < sent < self._full_blocks:
+                    return self._next_lockstep(sent, now_s)
             hint = datagram[4] if len(datagram) > 4 else 0
-            return self._on_ack((datagram[2] << 8) | datagram[3], hint, now_s)
+            return self._on_ack(wire_block, hint, now_s)
         try:
             packet = decode(datagram)
         except TftpDecodeError:
@@ -406,6 +424,24 @@ class ReadTransfer:
         return list(self._in_flight)
 
     # ----------------------------------------------------------------------- handlers
+
+    def _next_lockstep(self, acked: int, now_s: float) -> list[bytes]:
+        """The hot path, `_on_ack` + `_send_window` for the common case only: lock-step, the
+        ACK of the block just sent, and the next block is a full one (not the last)."""
+        self._acked = acked
+        self._retries = 0
+        self._state = _SENDING
+        blksize = self._blksize
+        payload = self._read(acked * blksize, blksize)
+        if len(payload) != blksize:
+            return self._read_failed()
+        block = acked + 1
+        packets = [_pack_data_header(_DATA_OPCODE, block & _WIRE_MASK) + payload]
+        self._in_flight = packets
+        self._in_flight_first = block
+        self._highest_sent = block
+        self._deadline_s = now_s + self._timeout_s
+        return packets
 
     def _on_ack(self, wire_block: int, window_hint: int, now_s: float) -> list[bytes]:
         if self._deadline_s is None:  # finished (or not started): nothing is expected
@@ -486,4 +522,5 @@ class ReadTransfer:
         self.outcome = outcome
         self._state = TransferState.FINISHED
         self._deadline_s = None
+        self._lockstep = False
         self._in_flight = []

@@ -38,7 +38,7 @@ from actors.boot.tftp_packet import (
 from actors.boot.tftp_transfer import TransferConfig
 from actors.core import Address
 from transport.metrics import SharedCounters
-from transport.tftp_server import TftpServer, TftpServerConfig, boot_component
+from transport.tftp_server import SOLO_WAIT_S, TftpServer, TftpServerConfig, boot_component
 
 pytestmark = pytest.mark.integration
 
@@ -514,6 +514,66 @@ def test_malformed_datagrams_counted_and_survived(
     assert served.counters.get("tftp.malformed") == 4
     assert served.counters.get("tftp.unexpected") == 1
     assert served.counters.get("tftp.ignored") == 1
+
+
+def test_request_answered_while_a_lone_transfer_stalls(
+    tree: Tree, served: Served, raw: RawClient
+) -> None:
+    """One transfer alone puts the server in its solo lane (a blocking recv on that
+    transfer's socket); when its client falls silent, a request from another client is
+    still answered within the lane's bounded wait (SOLO_WAIT_S), not after the stalled
+    transfer's retransmission timer."""
+    raw.request(ReadRequest("size8192.bin"))  # no options: DATA 1 at once
+    first, tid = raw.receive()
+    assert isinstance(first, Data)
+    raw.send_to(Ack(1), tid)  # handled on the transfer's socket: the solo lane begins
+    second, _ = raw.receive()
+    assert isinstance(second, Data)
+    assert second.block == 2  # ... and the client never ACKs it
+    other = RawClient(served.port)
+    try:
+        started = time.monotonic()
+        other.request(ReadRequest("size1.bin"))
+        packet, other_tid = other.receive()
+        waited_s = time.monotonic() - started
+        assert other.fetch(other_tid, packet) == tree.files["size1.bin"]
+    finally:
+        other.close()
+    assert waited_s < SOLO_WAIT_S + 0.2
+    wait_for(lambda: served.counters.get("tftp.transfers.completed") == 1)
+
+
+def test_request_answered_during_a_fast_lone_transfer(tree: Tree, served: Served) -> None:
+    """A request that arrives while one transfer runs alone at full speed is taken up at
+    the end of the lane's current stint; both transfers complete."""
+    name = f"size{3 * 1024 * 1024 + 7}.bin"
+    results: dict[str, bytes] = {}
+
+    def fetch_big() -> None:
+        client = RawClient(served.port)
+        try:
+            client.request(ReadRequest(name, "octet", (("blksize", "512"),)))
+            first, tid = client.receive()
+            results["big"] = client.fetch(tid, first)
+        finally:
+            client.close()
+
+    big = threading.Thread(target=fetch_big)
+    big.start()
+    wait_for(lambda: served.server.active_transfers == 1)
+    time.sleep(0.05)  # the big transfer is under way, alone
+    other = RawClient(served.port)
+    try:
+        started = time.monotonic()
+        other.request(ReadRequest("size513.bin"))
+        packet, tid = other.receive()
+        waited_s = time.monotonic() - started
+        assert other.fetch(tid, packet) == tree.files["size513.bin"]
+    finally:
+        other.close()
+    big.join(timeout=30)
+    assert results["big"] == tree.files[name]
+    assert waited_s < SOLO_WAIT_S + 0.2
 
 
 def test_silent_client_times_out(tree: Tree) -> None:

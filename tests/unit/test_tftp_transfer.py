@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from actors.boot.tftp_packet import (
@@ -775,3 +775,53 @@ def test_default_config_is_sane() -> None:
     assert (DEFAULT_CONFIG.retransmit_timeout_s, DEFAULT_CONFIG.retries_max) == (1.0, 5)
     assert DEFAULT_CONFIG.msftwindow
     assert encode(Ack(1)) == ack(1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(0, 40 * 64),
+    blksize=st.sampled_from([8, 64, 512]),
+    steps=st.lists(
+        st.one_of(
+            st.sampled_from(["next", "next", "next", "timeout", "timeout", "previous"]),
+            st.integers(-1, 45),
+        ),
+        max_size=150,
+    ),
+)
+@example(size=2000, blksize=64, steps=["timeout"] * 3 + ["next"] + ["timeout"] * 4)
+def test_lockstep_fast_path_equals_the_general_path(
+    size: int, blksize: int, steps: list[str | int]
+) -> None:
+    """`receive`'s lock-step shortcut answers every sequence (the ACK of the block just
+    sent, duplicates, old and future blocks, a short datagram, timeouts, the end) exactly
+    as the general path does."""
+    data = content(size)
+
+    def reader(offset: int, length: int) -> bytes:
+        return data[offset : offset + length]
+
+    request = rrq(("blksize", str(blksize)), ("tsize", "0"))
+    fast, general = ReadTransfer(request, size, reader), ReadTransfer(request, size, reader)
+    general._lockstep = False  # the reference: the shortcut turned off
+    now_s = 0.0
+    assert fast.start(now_s) == general.start(now_s)
+    sent = 0
+    for step in steps:
+        now_s += 0.25
+        if step == "timeout":
+            now_s += 1.0
+            assert fast.on_timeout(now_s) == general.on_timeout(now_s)
+            continue
+        block = {"next": sent, "previous": sent - 1}.get(str(step), step)
+        assert isinstance(block, int)
+        datagram = ack(block % 65536) if block >= 0 else b"\x00\x04\x00"
+        answer = fast.receive(datagram, now_s)
+        assert answer == general.receive(datagram, now_s)
+        if answer and answer[-1][:2] == b"\x00\x03":
+            sent = struct.unpack_from(">H", answer[-1], 2)[0]
+        assert (fast.outcome, fast.next_deadline_s) == (general.outcome, general.next_deadline_s)
+        assert (fast.blocks_acked, fast.retransmitted) == (
+            general.blocks_acked,
+            general.retransmitted,
+        )
