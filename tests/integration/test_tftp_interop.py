@@ -576,6 +576,48 @@ def test_request_answered_during_a_fast_lone_transfer(tree: Tree, served: Served
     assert waited_s < SOLO_WAIT_S + 0.2
 
 
+def fetch_windowed(client: RawClient, name: str, blksize: int, windowsize: int) -> bytes:
+    """A windowed RFC 7440 client: ACK each full window (and the end); every datagram
+    must be one DATA of at most blksize bytes, in order."""
+    options = (("blksize", str(blksize)), ("windowsize", str(windowsize)))
+    client.request(ReadRequest(name, "octet", options))
+    oack, tid = client.receive()
+    assert oack == OptionAck(options)
+    client.send_to(Ack(0), tid)
+    chunks: list[bytes] = []
+    while True:
+        packet, source = client.receive()
+        assert source == tid
+        assert isinstance(packet, Data), packet
+        assert packet.block == (len(chunks) + 1) % 65536
+        assert len(packet.payload) <= blksize
+        chunks.append(packet.payload)
+        last = len(packet.payload) < blksize
+        if last or len(chunks) % windowsize == 0:
+            client.send_to(Ack(packet.block), tid)
+        if last:
+            return b"".join(chunks)
+
+
+@pytest.mark.parametrize("udp_gso", [True, False])
+@pytest.mark.parametrize(("blksize", "windowsize"), [(512, 16), (1468, 64), (8192, 4)])
+def test_windows_arrive_as_separate_datagrams(
+    tree: Tree, udp_gso: bool, blksize: int, windowsize: int
+) -> None:
+    """With UDP GSO (one send per window) or without, the client gets each block as its own
+    datagram, in order, and the file byte for byte (a last window cut short included)."""
+    running = serve(tree.root, TftpServerConfig(udp_gso=udp_gso))
+    client = RawClient(running.port)
+    name = f"size{3 * 1024 * 1024 + 7}.bin"
+    try:
+        assert fetch_windowed(client, name, blksize, windowsize) == tree.files[name]
+        wait_for(lambda: running.counters.get("tftp.transfers.completed") == 1)
+        assert running.counters.get("tftp.retransmitted") == 0
+    finally:
+        client.close()
+        running.server.stop()
+
+
 def test_silent_client_times_out(tree: Tree) -> None:
     """A client that never ACKs gets retransmissions, then an ERROR, and the transfer ends."""
     config = TftpServerConfig(TransferConfig(retransmit_timeout_s=0.05, retries_max=2))
