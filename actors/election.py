@@ -43,6 +43,7 @@ it as a candidate.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,18 @@ class ElectionKnobs:
             raise ValueError(f"standby_count must be >= 1, got {self.standby_count}")
 
 
+RankKey = tuple[int, NodeId]
+"""(-weight, node id): candidates sort best first by it."""
+
+
 @dataclass(slots=True)
 class _Candidate:
     info: MemberInfo
     alive_since_s: float
+
+
+def _rank_key(info: MemberInfo) -> RankKey:
+    return (-info.weight, info.node_id)
 
 
 @dataclass(slots=True)
@@ -160,6 +169,9 @@ class ScopeElection:
     """When a live leader was last heard from directly (its own heartbeat)."""
     started_s: float = 0.0
     candidates: dict[NodeId, _Candidate] = field(default_factory=dict)
+    ranking: list[RankKey] = field(default_factory=list)
+    """The rank keys of `candidates`, sorted (best first): kept in step by `on_member`, so
+    ranking never sorts the whole scope (a site of 2,000 candidates changes often)."""
     ballot_before_claim: NodeId = ""
     confirmed: bool = False
     """The ballot we follow was announced by its leader (a lease), not only claimed."""
@@ -184,11 +196,12 @@ class ScopeElection:
     def on_member(self, info: MemberInfo, state: MemberState, now_s: float) -> list[Command]:
         """Track candidates; a dead or departed leader triggers succession at once."""
         if state is MemberState.ALIVE and self._is_candidate(info):
-            known = self.candidates.get(info.node_id)
+            known = self._withdraw(info.node_id)
             since_s = known.alive_since_s if known is not None else now_s
             self.candidates[info.node_id] = _Candidate(info=info, alive_since_s=since_s)
+            bisect.insort(self.ranking, _rank_key(info))
             return []
-        self.candidates.pop(info.node_id, None)
+        self._withdraw(info.node_id)
         if info.node_id == self.leader and self.role is Role.FOLLOWER:
             self.lease_until_s = now_s  # the lease holder is gone: no need to wait it out
             return self._schedule_check(now_s)
@@ -315,7 +328,7 @@ class ScopeElection:
         self.role = Role.CANDIDATE
         self.ballot = (self.round_seen, self.self_info.node_id)
         claim = Claim(scope=self.scope, term=self.round_seen, candidate=self.self_info.node_id)
-        recipients = self._ranked()[: self.knobs.standby_count + 1]
+        recipients = self._ranked(self.knobs.standby_count + 1)
         leader = self.candidates.get(self.ballot_before_claim)
         if leader is not None:
             recipients.append(leader)  # a live leader may object or yield (preemption)
@@ -414,21 +427,38 @@ class ScopeElection:
     def _is_candidate(self, info: MemberInfo) -> bool:
         return info.weight > 0 and self.capability in info.capabilities
 
-    def _ranked(self) -> list[_Candidate]:
-        """Live candidates other than us and the current leader, best first."""
+    def _withdraw(self, node_id: NodeId) -> _Candidate | None:
+        """Take `node_id` out of the candidates and the ranking; what it was, if anything."""
+        known = self.candidates.pop(node_id, None)
+        if known is not None:
+            index = bisect.bisect_left(self.ranking, _rank_key(known.info))
+            del self.ranking[index]
+        return known
+
+    def _ranked(self, count: int) -> list[_Candidate]:
+        """The best `count` live candidates other than the current leader, best first."""
         leader = self.leader
-        others = [c for node_id, c in self.candidates.items() if node_id != leader]
-        return sorted(others, key=lambda c: (-c.info.weight, c.info.node_id))
+        ranked: list[_Candidate] = []
+        for _weight, node_id in self.ranking:
+            if len(ranked) >= count:
+                break
+            if node_id != leader:
+                ranked.append(self.candidates[node_id])
+        return ranked
 
     def _position(self) -> int:
         """Our 1-based rank among live candidates other than the leader (0 if ineligible)."""
         if not self.eligible or self.self_info.weight <= 0:
             return 0
-        better = [c for c in self._ranked() if self._outranks(c.info, self.self_info)]
-        return len(better) + 1
+        own = _rank_key(self.self_info)
+        better = bisect.bisect_left(self.ranking, own)  # keys below ours outrank us
+        leader = self.candidates.get(self.leader)
+        if leader is not None and _rank_key(leader.info) < own:
+            better -= 1
+        return better + 1
 
     def _standbys(self) -> list[_Candidate]:
-        return self._ranked()[: self.knobs.standby_count]
+        return self._ranked(self.knobs.standby_count)
 
     def _leader_fresh(self, now_s: float) -> bool:
         """Heard the leader itself within about one heartbeat: it is demonstrably alive."""
@@ -468,7 +498,7 @@ class ScopeElection:
 
     @staticmethod
     def _outranks(a: MemberInfo, b: MemberInfo) -> bool:
-        return (-a.weight, a.node_id) < (-b.weight, b.node_id)
+        return _rank_key(a) < _rank_key(b)
 
 
 class Election:

@@ -14,7 +14,11 @@ package (`PackageComplete`) and timers. Outputs: `FetchChunk` for the host to ca
 Chunks are numbered in manifest order (`actors.bitfield`); a peer's holdings are a BEP 3
 bitfield. Peers of this site advertise theirs with `Have` (one message per 4096 chunks, or
 one `complete` message) to `have_fanout` site peers, round-robin, every `have_interval_s`,
-and again at most `have_debounce_s` after a change; a peer seen alive for the first time
+and again at most `have_debounce_s` after a change; a chunk stored while fewer than
+`have_rare_holders` site peers are known to hold it (the WAN downloader's new chunks, and
+their first copies) is news that cannot wait: it is advertised to `have_fanout` peers at
+once, so the few first holders are asked for it within a round trip, not a debounce, and
+a chunk reaches the whole site in a few transfer times; a peer seen alive for the first time
 gets ours at once with `reply=True` (a request for its own), and a `Have` from a site peer
 discovery has not reported yet is taken and answered. Only ALIVE and SUSPECT peers of this
 site count; a dead or departed one's chunks leave the counts, its fetches are retried
@@ -41,7 +45,9 @@ Fetch planning runs after every input, while fewer than `fetches_max` fetches ar
 
 A fetch ends with the store's answer or a timeout (`fetch_timeout_s_min`, or
 `..._per_mib` per MiB, whichever is longer). A timeout or failure makes the source back off
-for `source_backoff_s` and the chunk is retried on another source; a refusal (bad data)
+for `source_backoff_s` and the chunk is retried on another source; a `busy` answer (the
+source's upload slots and backlog are full: it is alive and frees a place within a few
+chunk transfers) only for `busy_backoff_s`; a refusal (bad data)
 bans the source for `source_ban_s`; `not_held` clears that bit of the source's bitfield. A
 late `ChunkStored` still counts: the store verified the chunk.
 
@@ -149,7 +155,12 @@ from actors.token_bucket import TokenBucket
 MIB: Final = 1 << 20
 NOT_HELD: Final = "not_held"
 """`ChunkFetchFailed.reason` when the source does not hold the chunk (anything else: backoff)."""
+BUSY: Final = "busy"
+"""`ChunkFetchFailed.reason` when the source's upload slots and backlog are full (a shorter
+backoff, `busy_backoff_s`)."""
 WAN_SOURCES_MAX: Final = 64
+_NO_TRIES: Final[dict[Address, None]] = {}
+"""No source tried yet for a chunk (shared and read only: never written to)."""
 DEPARTED_MAX: Final = 4096
 """Dead or departed peers remembered, so their late `Have`s are not taken as news."""
 
@@ -197,8 +208,14 @@ class ReplicationKnobs:
     have_interval_s: float = 5.0
     have_debounce_s: float = 0.5
     have_fanout: int = 8
+    have_rare_holders: int = 4
+    """A chunk stored while fewer site peers than this are known to hold it is news: it is
+    advertised to `have_fanout` peers at once, not after `have_debounce_s` (0: never)."""
     wan_settle_s: float = 1.0
     source_backoff_s: float = 2.0
+    busy_backoff_s: float = 1.0
+    """A source that answered `busy` (its upload slots and backlog are full: alive, and
+    free again within a few chunk transfers) is skipped this long."""
     source_ban_s: float = 30.0
     """Kraken blacklists a misbehaving connection for 30 s."""
     peers_max: int = 4096
@@ -224,6 +241,9 @@ class ReplicationKnobs:
              f"need 0 < have_debounce_s ({self.have_debounce_s}) <= "
              f"have_interval_s ({self.have_interval_s})"),
             (self.have_fanout >= 1, f"have_fanout must be >= 1, got {self.have_fanout}"),
+            (self.have_rare_holders >= 0,
+             f"have_rare_holders must be >= 0, got {self.have_rare_holders}"),
+            (self.busy_backoff_s >= 0, f"busy_backoff_s must be >= 0, got {self.busy_backoff_s}"),
             (self.peers_max >= 1, f"peers_max must be >= 1, got {self.peers_max}"),
             (self.manifest_poll_s > 0,
              f"manifest_poll_s must be > 0, got {self.manifest_poll_s}"),
@@ -258,6 +278,8 @@ class Replication:
         self._site_scope = f"site:{self_info.site}"
         self._target: Target | None = None
         self._peers: dict[NodeId, Peer] = {}
+        self._at_address: dict[Address, Peer] = {}
+        """`_peers` by address (a fetch's answer names its source by address)."""
         self._departed: dict[NodeId, None] = {}
         self._wan: dict[Address, Source] = {}
         self._fetches: dict[int, Fetch] = {}
@@ -518,7 +540,18 @@ class Replication:
         kind = "wan" if fetch.wan else "lan"
         commands.append(CountMetric(f"replication.chunks_fetched.{kind}"))
         commands.append(CountMetric(f"replication.bytes.{kind}", fetch.size_bytes))
+        if target.availability[number] < self.knobs.have_rare_holders:
+            commands.extend(self._announce_rare())
         commands.extend(self._held_changed(now_s))
+        return commands
+
+    def _announce_rare(self) -> list[Command]:
+        """We just stored a chunk few site peers hold: tell `have_fanout` of them now, so
+        that it spreads from us too instead of waiting out the debounce (the chunks the
+        downloader brings across the WAN are the rarest of all)."""
+        commands: list[Command] = [CountMetric("replication.have_rare")]
+        for peer in self._next_recipients(self.knobs.have_fanout):
+            commands.extend(self._send_have(peer, reply=False))
         return commands
 
     def _on_chunk_refused(self, fetch: FetchChunk, reason: str, now_s: float) -> list[Command]:
@@ -547,9 +580,9 @@ class Replication:
             return commands
         source = self._source_at(fetch.source, wan=fetch.wan)
         if source is not None:
-            self._back_off(
-                source, max(source.unusable_until_s, now_s + self.knobs.source_backoff_s)
-            )
+            knobs = self.knobs
+            backoff_s = knobs.busy_backoff_s if reason == BUSY else knobs.source_backoff_s
+            self._back_off(source, max(source.unusable_until_s, now_s + backoff_s))
         return commands
 
     def _on_fetch_timeout(self, name: str, now_s: float) -> list[Command]:
@@ -584,10 +617,10 @@ class Replication:
         """The peer at `address` said it lacks chunk `number`: stop counting it as a holder."""
         target = self._target
         assert target is not None
-        for peer in self._peers.values():
-            held = peer.held
-            if peer.source.address == address and held is not None and held.clear(number):
-                target.drop_holder(peer, number)
+        peer = self._at_address.get(address)
+        held = None if peer is None else peer.held
+        if peer is not None and held is not None and held.clear(number):
+            target.drop_holder(peer, number)
 
     # ------------------------------------------------------------------ membership, roles
 
@@ -601,7 +634,7 @@ class Replication:
             return self._remove_peer(peer)
         self._departed.pop(member.node_id, None)
         if peer is not None:
-            peer.source.address = member.address
+            self._move_peer(peer, member.address)
             return []
         peer = self._add_peer(member.node_id, member.address)
         if peer is None:
@@ -613,11 +646,23 @@ class Replication:
             return None
         peer = Peer(node_id=node_id, source=Source(address, wan=False), rank=self._rng.random())
         self._peers[node_id] = peer
+        self._at_address[address] = peer
         return peer
+
+    def _move_peer(self, peer: Peer, address: Address) -> None:
+        """`peer` is now reached at `address` (a restart on another port, say)."""
+        if address == peer.source.address:
+            return
+        if self._at_address.get(peer.source.address) is peer:
+            del self._at_address[peer.source.address]
+        peer.source.address = address
+        self._at_address[address] = peer
 
     def _remove_peer(self, peer: Peer) -> list[Command]:
         """A peer died or left: its chunks are gone from the site; retry its fetches."""
         del self._peers[peer.node_id]
+        if self._at_address.get(peer.source.address) is peer:
+            del self._at_address[peer.source.address]
         peer.source.retired = True
         self._departed[peer.node_id] = None
         if len(self._departed) > DEPARTED_MAX:
@@ -666,9 +711,9 @@ class Replication:
     def _source_at(self, address: Address, *, wan: bool) -> Source | None:
         if wan:
             return self._wan.get(address)
-        for peer in self._peers.values():
-            if peer.source.address == address:
-                return peer.source
+        peer = self._at_address.get(address)
+        if peer is not None:
+            return peer.source
         seed = self._seeds.get(address)
         return None if seed is None else seed[0].source
 
@@ -828,13 +873,11 @@ class Replication:
         return commands
 
     def _answer_behind(self, address: Address, now_s: float) -> list[Command]:
-        for peer in self._peers.values():
-            if peer.source.address == address:
-                if now_s - peer.replied_s < self.knobs.have_debounce_s:
-                    return []
-                peer.replied_s = now_s
-                return self._send_have(peer, reply=False)
-        return []
+        peer = self._at_address.get(address)
+        if peer is None or now_s - peer.replied_s < self.knobs.have_debounce_s:
+            return []
+        peer.replied_s = now_s
+        return self._send_have(peer, reply=False)
 
     def _poll_wan(self, now_s: float) -> list[Command]:
         """The downloader asks the next WAN source (round-robin) for its newest manifest."""
@@ -974,58 +1017,57 @@ class Replication:
         target = self._target
         if target is None or not target.inventory_known or target.complete:
             return []
-        free = self.knobs.fetches_max - len(self._fetches)
+        fetches = self._fetches
+        free = self.knobs.fetches_max - len(fetches)
         if free <= 0:
             return []
-        missing, fetches = target.missing, self._fetches
-        waiting = [n for n in target.order if n in missing and n not in fetches]  # by rank
-        if not waiting:
+        missing = target.missing
+        waiting = len(missing) - sum(1 for number in fetches if number in missing)
+        if not waiting:  # every missing chunk is in flight
             return []
-        in_flight_before = len(self._fetches)
-        commands = self._plan_lan(target, waiting, free, now_s)
-        free = self.knobs.fetches_max - len(self._fetches)
+        in_flight_before = len(fetches)
+        commands = self._plan_lan(target, free, now_s)
+        free = self.knobs.fetches_max - len(fetches)
         if free > 0 and self._downloader and now_s >= self._wan_ready_s:
-            commands.extend(self._plan_wan(target, waiting, free, now_s))
-        issued = len(self._fetches) - in_flight_before
-        if issued < len(waiting) and len(self._fetches) < self.knobs.fetches_max:
+            commands.extend(self._plan_wan(target, free, now_s))
+        issued = len(fetches) - in_flight_before
+        if issued < waiting and len(fetches) < self.knobs.fetches_max:
             commands.extend(self._arm_wake(now_s))  # a chunk waits: maybe for a backoff to end
         return commands
 
-    def _plan_lan(
-        self, target: Target, waiting: list[int], free: int, now_s: float
-    ) -> list[Command]:
+    def _plan_lan(self, target: Target, free: int, now_s: float) -> list[Command]:
         """Rarest first among chunks some site peer holds (Cohen 2003 §3.2)."""
         per_source_max = self.knobs.fetches_per_source_max
-        availability = target.availability
-        rarest = [number for number in waiting if availability[number] > 0]
-        rarest.sort(key=availability.__getitem__)  # stable: the random rank breaks ties
+        fetches, tried, holders = self._fetches, self._tried, target.holders
         commands: list[Command] = []
-        for number in rarest:
+        for number in target.rarest():  # cached: Haves for held chunks leave it be
             if free <= 0:
                 break
-            holders = target.holders[number].values()  # only these can serve it: O(holders)
-            peer = pick_holder(holders, self._tried.get(number, {}), per_source_max, now_s)
-            if peer is None:
+            if number in fetches:
                 continue
-            commands.extend(self._issue(target, number, peer.source, now_s))
+            # only these can serve it: O(holders)
+            chosen = pick_holder(
+                holders[number].values(), tried.get(number, _NO_TRIES), per_source_max, now_s
+            )
+            if chosen is None:
+                continue
+            commands.extend(self._issue(target, number, chosen.source, now_s))
             free -= 1
         return commands
 
-    def _plan_wan(
-        self, target: Target, waiting: list[int], free: int, now_s: float
-    ) -> list[Command]:
+    def _plan_wan(self, target: Target, free: int, now_s: float) -> list[Command]:
         """The downloader's WAN fetches: chunks no site peer holds, within the token bucket."""
         wan_in_flight = sum(1 for fetch in self._fetches.values() if fetch.source.wan)
         budget = min(free, self.knobs.wan_fetches_max - wan_in_flight)
         commands: list[Command] = []
-        for number in waiting:
+        for number in target.missing:  # by rank; `_issue` leaves `missing` be
             if budget <= 0:
                 break
             if target.availability[number] > 0 or number in self._fetches:
                 continue
             source = pick_wan_source(
                 list(self._wan.values()),
-                self._tried.get(number, {}),
+                self._tried.get(number, _NO_TRIES),
                 self.knobs.fetches_per_source_max,
                 now_s,
             )

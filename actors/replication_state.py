@@ -73,7 +73,11 @@ class Target:
     holders: list[dict[NodeId, Peer]] = field(default_factory=list)
     """The site peers known to hold each chunk (`availability` counts them)."""
     missing: dict[int, None] = field(default_factory=dict)
-    """Chunk numbers not held, as an ordered set (never a `set`: iteration order is behaviour)."""
+    """Chunk numbers not held, as an ordered set in `order` (never a `set`: iteration order
+    is behaviour), so the planner walks only what is missing, by rank."""
+    rarest_cache: list[int] | None = field(default=None, repr=False)
+    """The missing chunks some site peer holds, rarest first (`rarest`); None when stale.
+    Dropped whenever `missing` or a missing chunk's `availability` changes."""
     inventory_known: bool = False
     """The store said what it holds (`ChunksHeld`): until then nothing is fetched."""
     complete: bool = False
@@ -123,7 +127,8 @@ class Target:
         """Take the store's word for what is held."""
         assert held.size == self.size
         self.held = held
-        self.missing = {number: None for number in range(self.size) if number not in held}
+        self.missing = {number: None for number in self.order if number not in held}
+        self.rarest_cache = None
         self.inventory_known = True
 
     def hold(self, number: int) -> bool:
@@ -131,7 +136,20 @@ class Target:
         if not self.held.set(number):
             return False
         self.missing.pop(number, None)
+        self.rarest_cache = None
         return True
+
+    def rarest(self) -> list[int]:
+        """The missing chunks some site peer holds, rarest first by `availability`, ties by
+        `rank` (the order of `missing`); kept until `missing` or their availability changes.
+        The caller must not modify the list."""
+        cached = self.rarest_cache
+        if cached is None:
+            availability = self.availability
+            cached = [number for number in self.missing if availability[number] > 0]
+            cached.sort(key=availability.__getitem__)  # stable: the random rank breaks ties
+            self.rarest_cache = cached
+        return cached
 
     def have_messages(self, site: str, *, reply: bool) -> list[Have]:
         """Our holdings as `Have`s: one `complete` message, or one per bitfield segment."""
@@ -170,21 +188,35 @@ class Target:
             changes = peer.held.fill()
         else:
             changes = peer.held.write_segment(have.first_chunk, have.bitmap)
+        # add_holder and drop_holder inlined: a `complete` Have changes every chunk
+        availability, holders, missing = self.availability, self.holders, self.missing
+        node_id = peer.node_id
+        stale = False
         for number, now_set in changes:
             if now_set:
-                self.add_holder(peer, number)
+                availability[number] += 1
+                holders[number][node_id] = peer
             else:
-                self.drop_holder(peer, number)
+                availability[number] -= 1
+                del holders[number][node_id]
+            if not stale and number in missing:
+                stale = True
+        if stale:
+            self.rarest_cache = None
 
     def add_holder(self, peer: Peer, number: int) -> None:
         """`peer` now holds chunk `number` (its bitfield says so already)."""
         self.availability[number] += 1
         self.holders[number][peer.node_id] = peer
+        if number in self.missing:
+            self.rarest_cache = None
 
     def drop_holder(self, peer: Peer, number: int) -> None:
         """`peer` no longer counts as a holder of chunk `number`."""
         self.availability[number] -= 1
         del self.holders[number][peer.node_id]
+        if number in self.missing:
+            self.rarest_cache = None
 
 
 def pick_holder(

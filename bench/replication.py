@@ -10,7 +10,7 @@ by `--peers N` (repeat `--peers` for several runs; default 200 and 2000): N peer
 when there are several), plus the file's 50-peer branch site `s2` behind its own WAN link.
 The origin publishes one package at 10 s: 512 MiB at 200 peers, as in the file, but 128 MiB
 by default above 1,000 peers (`LARGE_SITE_SIZE_MIB`): a 512 MiB package across 2,000 peers
-takes this simulator well over ten minutes of wall time on a 2-core machine, so the large
+takes this simulator many minutes of wall time on a 2-core machine, so the large
 run moves a quarter of the bytes (same chunk size, same rates; the target scales with the
 size). `--size-mib` sets the size of every run. The run stops as soon as every running peer
 of every site holds the package (checked every 0.5 simulated seconds), or at publish +
@@ -20,11 +20,11 @@ Large sites (above 1,000 peers) need two more shortcuts by default, or the run w
 end in ten minutes here, long before the package is even published:
 - `--candidates 4`: only the last 4 peers of each subnet have weight 60 (stand for PXE
   responder and for the site's WAN downloader); the others have weight 0 (never stand) and
-  otherwise run everything: discovery, election, boot, replication, serving chunks. The
-  election actor ranks all candidates of a scope on every membership change
-  (`actors/election.py` `_ranked`, `_position`: a sort per change), so a site where all
-  2,000 peers stand for downloader costs O(N^2 log N) just to join (with 500 peers, two
-  thirds of the first 3 simulated seconds went there).
+  otherwise run everything: discovery, election, boot, replication, serving chunks. (The
+  election actor once sorted all candidates of a scope on every membership change, O(N^2
+  log N) to join a site where all 2,000 peers stand; it now keeps its ranking sorted as
+  members change, `actors/election.py` `ScopeElection.ranking`, but a site of 2,000
+  candidates is not what a real site looks like either.)
 - `--warm-start`: every peer starts with its site's member list pre-loaded
   (`Discovery(known_members=...)`, as an agent restoring its last list from disk, and as
   `bench/sim_speed.py --warm-start`), so there is no join storm (1,000 peers: 68 s of wall

@@ -34,6 +34,7 @@ from actors.election import (
     Election,
     ElectionKnobs,
     Role,
+    ScopeElection,
 )
 from actors.messages import Claim, Lease
 
@@ -358,3 +359,37 @@ def test_a_capability_the_peer_never_takes_is_ignored() -> None:
     commands = election.handle(EligibilityChanged(RESPONDER_CAPABILITY, eligible=True), 0.0)
     assert CountMetric("election.eligibility_not_allowed") in commands
     assert not election.responder.eligible
+
+
+def _sorted_ranking(scope: ScopeElection) -> list[str]:
+    """What the ranking was before it was kept incrementally: sort every candidate but the
+    leader by (weight, higher first; node id)."""
+    others = [c for node_id, c in scope.candidates.items() if node_id != scope.leader]
+    return [c.info.node_id for c in sorted(others, key=lambda c: (-c.info.weight, c.info.node_id))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_incremental_ranking_orders_as_a_full_sort_would(seed: int) -> None:
+    """Candidates join, change weight, lose the capability and die in random order: the
+    standbys, the claim's recipients and our position are those of a full sort each time."""
+    rng = random.Random(seed)
+    me = MemberInfo("n05", "s1", SUBNET, Address("10.0.0.5", 7947), 3, (RESPONDER_CAPABILITY,))
+    election = Election(me, random.Random(seed), responder_eligible=True)
+    scope = election.responder
+    scope.ballot = (1, "n07")
+    for _ in range(300):
+        node_id = f"n{rng.randrange(12):02d}"
+        caps = (RESPONDER_CAPABILITY,) if rng.random() < 0.8 else ()
+        info = MemberInfo(node_id, "s1", SUBNET, Address("10.0.0.9", 7947), rng.randrange(4), caps)
+        state = MemberState.ALIVE if rng.random() < 0.75 else MemberState.DEAD
+        election.handle(MemberChanged(info, state, 0), 0.0)
+        if rng.random() < 0.1:
+            scope.role = rng.choice(list(Role))
+        expected = _sorted_ranking(scope)
+        assert sorted(scope.ranking) == scope.ranking
+        assert [node_id for _w, node_id in scope.ranking] == sorted(
+            scope.candidates, key=lambda n: (-scope.candidates[n].info.weight, n)
+        )
+        assert [c.info.node_id for c in scope._ranked(3)] == expected[:3]
+        better = [n for n in expected if (-scope.candidates[n].info.weight, n) < (-3, "n05")]
+        assert scope._position() == len(better) + 1

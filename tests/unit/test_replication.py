@@ -65,6 +65,7 @@ from actors.envelope import MAX_BODY_BYTES, WireSecurity
 from actors.messages import Have, Lease, Message, PolicyVersion
 from actors.package import FileEntry, Manifest
 from actors.replication import NOT_HELD, Replication, ReplicationKnobs
+from actors.replication_state import Peer, Source, Target
 from actors.token_bucket import TokenBucket
 
 SITE = "s1"
@@ -574,6 +575,48 @@ def test_a_refused_chunk_bans_its_source() -> None:
     solo.advance(3.0)  # backoff over: the second source again
     (third,) = solo.actor.fetching()
     assert third.source == second.source
+
+
+def test_a_busy_source_is_asked_again_sooner_than_a_failing_one() -> None:
+    """`busy` (slots and backlog full) backs the source off for `busy_backoff_s`; any other
+    failure for `source_backoff_s`."""
+    manifest = make_manifest((2,))
+    knobs = ReplicationKnobs(fetches_max=1, busy_backoff_s=0.5, source_backoff_s=2.0)
+    solo = Solo(manifest, knobs)
+    solo.add_peer(2, [0, 1])
+    (first,) = solo.actor.fetching()
+    solo.feed(ChunkFetchFailed(first, "busy"))
+    assert solo.actor.fetching() == []  # the only holder backs off
+    solo.advance(0.5)
+    (second,) = solo.actor.fetching()  # asked again once the busy backoff is over
+    assert second.source == first.source
+    solo.feed(ChunkFetchFailed(second, "connection_refused"))
+    solo.advance(2.4)
+    assert solo.actor.fetching() == []  # a failure backs off longer
+    solo.advance(2.5)
+    assert len(solo.actor.fetching()) == 1
+
+
+def test_a_chunk_few_peers_hold_is_advertised_at_once() -> None:
+    """A stored chunk fewer than `have_rare_holders` site peers hold is news: `Have`s go
+    out with the `ChunkStored` itself; a common chunk waits for the debounce."""
+    manifest = make_manifest((2,))
+    knobs = ReplicationKnobs(fetches_max=1, have_rare_holders=2, have_fanout=3)
+    solo = Solo(manifest, knobs)
+    solo.add_peer(2, [0])  # chunk 0: one holder, so rare
+    for index in (3, 4, 5):
+        solo.add_peer(index, [1])  # chunk 1: three holders, common
+    solo.advance(1.0)  # the advertisements of the first inventory are out
+    (rare,) = solo.actor.fetching()
+    assert number_of(manifest, rare) == 0
+    commands = solo.store(rare)
+    sent = [c for c in commands if isinstance(c, SendMessage) and isinstance(c.message, Have)]
+    assert len({c.address for c in sent}) == 3
+    assert metrics_in(commands)["replication.have_rare"] == 1
+    (common,) = solo.actor.fetching()
+    commands = solo.store(common)
+    assert not any(isinstance(c, SendMessage) for c in commands)
+    assert "replication.have_rare" not in metrics_in(commands)
 
 
 def test_a_dead_sources_fetches_move_to_another_holder() -> None:
@@ -1390,3 +1433,39 @@ def test_the_policy_version_rides_along_with_advertisements() -> None:
     solo.feed(PolicyInstalled(2))
     advertised = solo.advance(solo.now_s + DEFAULT_KNOBS.have_interval_s)
     assert SendMessage(peer.address, PolicyVersion(version=2)) in advertised
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(("have", "lose", "hold", "reset")),
+            st.integers(0, 3),
+            st.integers(0, 11),
+        ),
+        max_size=40,
+    )
+)
+def test_the_cached_rarest_order_is_always_the_fresh_one(steps: list[tuple[str, int, int]]) -> None:
+    """`Target.rarest` (kept between planning passes) equals sorting the missing chunks anew."""
+    target = Target.of(make_manifest((5, 7)), random.Random(3))
+    target.set_held(Bitfield(target.size))
+    peers = [
+        Peer(node_id=f"p{index}", source=Source(member(index).address, wan=False), rank=0.5)
+        for index in range(4)
+    ]
+    for kind, index, number in steps:
+        peer = peers[index]
+        if peer.held is None:
+            peer.held = Bitfield(target.size)
+        if kind == "have" and peer.held.set(number):
+            target.add_holder(peer, number)
+        elif kind == "lose" and peer.held.clear(number):
+            target.drop_holder(peer, number)
+        elif kind == "hold":
+            target.hold(number)
+        elif kind == "reset":
+            target.apply_have(peer, have_messages(target.manifest, [number])[0])
+        fresh = [n for n in target.missing if target.availability[n] > 0]
+        fresh.sort(key=target.availability.__getitem__)
+        assert target.rarest() == fresh
