@@ -188,21 +188,11 @@ class Target:
             changes = peer.held.fill()
         else:
             changes = peer.held.write_segment(have.first_chunk, have.bitmap)
-        # add_holder and drop_holder inlined: a `complete` Have changes every chunk
-        availability, holders, missing = self.availability, self.holders, self.missing
-        node_id = peer.node_id
-        stale = False
         for number, now_set in changes:
             if now_set:
-                availability[number] += 1
-                holders[number][node_id] = peer
+                self.add_holder(peer, number)
             else:
-                availability[number] -= 1
-                del holders[number][node_id]
-            if not stale and number in missing:
-                stale = True
-        if stale:
-            self.rarest_cache = None
+                self.drop_holder(peer, number)
 
     def add_holder(self, peer: Peer, number: int) -> None:
         """`peer` now holds chunk `number` (its bitfield says so already)."""

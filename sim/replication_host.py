@@ -67,10 +67,10 @@ from actors.core import (
     WanSourcesChanged,
 )
 from actors.package import FileEntry, Manifest, format_version
-from actors.replication import NOT_HELD
+from actors.replication import BUSY, NOT_HELD
 from sim.host import Scheduled, schedule
 from sim.scenario import PublishSpec, ReplicationSpec, split_sizes
-from sim.transfer_model import BUSY, SOURCE_DOWN, Capacities, Transfer, TransferModel
+from sim.transfer_model import SOURCE_DOWN, Capacities, Transfer, TransferModel
 
 if TYPE_CHECKING:
     from sim.host import SimNode

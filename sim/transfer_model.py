@@ -58,6 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from actors.replication import BUSY
 from sim.host import Scheduled, schedule
 
 if TYPE_CHECKING:
@@ -69,8 +70,6 @@ DUE_TOLERANCE_S: Final = 1e-9
 """A finish within this of the wake-up time is due (float residue of the arithmetic)."""
 SOURCE_DOWN: Final = "source down"
 PARTITIONED: Final = "partitioned"
-BUSY: Final = "busy"
-"""Refusal reason when the source's upload slots and backlog are all taken."""
 _FLOOR_BYTES_PER_S: Final = 1e-3
 """The least rate a transfer gets (float residue could leave a pipe's last share at 0)."""
 

@@ -55,6 +55,7 @@ from actors.core import (
 )
 from actors.errors import DecodeError, PackageError
 from actors.messages import ChunkRequest, ManifestRequest, Message, PolicyRequest
+from actors.replication import BUSY
 from transport.chunk_service import (
     DEFAULT_KNOBS,
     FRAME_HEADER_BYTES,
@@ -168,7 +169,7 @@ class ChunkFetcher:
             self._queue.put_nowait(command)
         except queue.Full:
             self._counters.add("chunks.fetch_queue_full")
-            self._tell(failure_of(command, "busy"))
+            self._tell(failure_of(command, BUSY))
 
     def stop(self) -> None:
         """Drop queued fetches, abort those in flight, stop the workers, close connections."""

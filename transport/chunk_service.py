@@ -88,7 +88,7 @@ from actors import codec
 from actors.core import NODE_ID_BYTES_MAX, Address, NodeId
 from actors.errors import AuthenticationError, DecodeError
 from actors.messages import ChunkRequest, ManifestRequest, Message, PolicyRequest, SeedOffer
-from actors.replication import NOT_HELD
+from actors.replication import BUSY, NOT_HELD
 from actors.signing import DOCUMENT_BYTES_MAX
 from transport.metrics import SharedCounters
 from transport.shared_store import SharedStore
@@ -104,7 +104,7 @@ REPLY_OVERHEAD_BYTES_MAX: Final = 16
 STATUS_OK: Final = "ok"
 STATUS_NOT_HELD: Final = NOT_HELD
 STATUS_ERROR: Final = "error"
-STATUS_BUSY: Final = "busy"
+STATUS_BUSY: Final = BUSY
 """Every upload slot is taken: ask someone else, or again later (the actor backs off)."""
 STATUSES: Final = (STATUS_OK, STATUS_NOT_HELD, STATUS_ERROR, STATUS_BUSY)
 CHUNK_SENDER_SUFFIX: Final = "#chunks"

@@ -512,7 +512,7 @@ class ReadTransfer:
         payload = self._read((block - 1) * self._blksize, expected)
         if len(payload) != expected:
             return None
-        return _DATA_HEADER.pack(_DATA_OPCODE, block & _WIRE_MASK) + payload
+        return _pack_data_header(_DATA_OPCODE, block & _WIRE_MASK) + payload
 
     def _read_failed(self) -> list[bytes]:
         self._finish(Outcome.READ_FAILED)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from actors.core import Actor, Address, FetchChunk, MemberInfo
+from actors.replication import BUSY
 from sim.host import SimNode
 from sim.transfer_model import (
-    BUSY,
     PARTITIONED,
     SOURCE_DOWN,
     Capacities,
